@@ -1,0 +1,127 @@
+"""Image decoding and the one preprocessing step shared by training and inference.
+
+Every image, whatever its mode (grayscale, RGBA, palette, 16-bit, CMYK), becomes 8-bit RGB. The empty
+frame around the ultrasound sector is cropped by ``border_box`` and the crop is resized to a square; the
+same function runs in training, validation and ``run.py``, so decision thresholds tuned out-of-fold hold
+at test time.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
+
+# A pixel brighter than this (max over channels) counts as content when cropping the frame.
+BORDER_LEVEL = 12
+# A row/column is part of the image when this fraction of its pixels is content; lower fractions are
+# text, calliper marks or noise in the frame.
+BORDER_MIN_FRACTION = 0.05
+# Never crop to less than this fraction of a side: a mostly dark image is left as it is.
+BORDER_MIN_KEEP = 0.3
+
+
+class ImageReadError(ValueError):
+    """An image file that cannot be decoded."""
+
+
+def is_image_file(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit grayscale: keep the top 8 bits of the full range.
+        a = np.asarray(im, dtype=np.int64)
+        a = np.clip(a >> 8 if a.max() > 255 else a, 0, 255).astype(np.uint8)
+        return np.repeat(a[..., None], 3, axis=2)
+    if im.mode == "F":
+        a = np.clip(np.asarray(im, dtype=np.float32), 0, 255).astype(np.uint8)
+        return np.repeat(a[..., None], 3, axis=2)
+    if im.mode == "P":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        # Transparent pixels become black, the colour of the ultrasound frame.
+        rgba = im.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        im = Image.alpha_composite(black, rgba)
+    return np.array(im.convert("RGB"), dtype=np.uint8)  # a writable copy
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """Decode ``path`` to an HxWx3 uint8 array, or raise ImageReadError naming the file."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            rgb = _to_rgb(im)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageReadError(f"{path}: cannot decode this image ({e}). Re-export it as PNG or JPEG, "
+                             "or remove it from the folder.") from e
+    if rgb.ndim != 3 or rgb.shape[0] < 2 or rgb.shape[1] < 2:
+        raise ImageReadError(f"{path}: image has no usable pixels (shape {rgb.shape}).")
+    return rgb
+
+
+def _longest_run(mask: np.ndarray) -> tuple[int, int] | None:
+    """[start, stop) of the longest run of True, bridging gaps shorter than 2% of the length."""
+    idx = np.flatnonzero(mask)
+    if idx.size == 0:
+        return None
+    breaks = np.flatnonzero(np.diff(idx) > max(1, int(0.02 * mask.size)))
+    starts = np.concatenate([[idx[0]], idx[breaks + 1]])
+    stops = np.concatenate([idx[breaks], [idx[-1]]]) + 1
+    best = int(np.argmax(stops - starts))
+    return int(starts[best]), int(stops[best])
+
+
+def border_box(img: np.ndarray) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the content inside the black frame; the whole image if none is found.
+
+    Rows and columns count as content when enough of their pixels are bright; the longest run of them
+    is the sector, so text and marks in the frame, separated from it by dark bands, are left out.
+    """
+    h, w = img.shape[:2]
+    content = img.max(axis=2) > BORDER_LEVEL
+    rows = _longest_run(content.mean(axis=1) >= BORDER_MIN_FRACTION)
+    cols = _longest_run(content.mean(axis=0) >= BORDER_MIN_FRACTION)
+    if rows is None or cols is None:
+        return 0, 0, w, h
+    (y0, y1), (x0, x1) = rows, cols
+    if (x1 - x0) < BORDER_MIN_KEEP * w or (y1 - y0) < BORDER_MIN_KEEP * h:
+        return 0, 0, w, h
+    return x0, y0, x1, y1
+
+
+def crop_black_border(img: np.ndarray) -> np.ndarray:
+    x0, y0, x1, y1 = border_box(img)
+    return img[y0:y1, x0:x1]
+
+
+def resize_square(img: np.ndarray, size: int) -> np.ndarray:
+    interpolation = cv2.INTER_AREA if min(img.shape[:2]) > size else cv2.INTER_LINEAR
+    return cv2.resize(img, (size, size), interpolation=interpolation)
+
+
+def prepare(img: np.ndarray, size: int) -> np.ndarray:
+    """The model's view of an image: frame cropped, resized to size x size, uint8 RGB."""
+    return resize_square(crop_black_border(img), size)
+
+
+def boxes_after_crop(boxes, crop: tuple[int, int, int, int], shape: tuple[int, int]) -> np.ndarray:
+    """Map normalised (xc, yc, w, h) boxes of the full image to normalised (x0, y0, x1, y1) of the crop."""
+    h, w = shape
+    x0, y0, x1, y1 = crop
+    out = []
+    for xc, yc, bw, bh in boxes:
+        bx0, bx1 = (xc - bw / 2) * w, (xc + bw / 2) * w
+        by0, by1 = (yc - bh / 2) * h, (yc + bh / 2) * h
+        box = np.array([(bx0 - x0) / (x1 - x0), (by0 - y0) / (y1 - y0),
+                        (bx1 - x0) / (x1 - x0), (by1 - y0) / (y1 - y0)])
+        box = np.clip(box, 0.0, 1.0)
+        if box[2] > box[0] and box[3] > box[1]:
+            out.append(box)
+    return np.array(out, dtype=np.float32).reshape(-1, 4)

