@@ -20,7 +20,7 @@ import ttach
 from torch import nn
 
 from .atomic import atomic_path, write_json
-from .network import create_network
+from .network import InputNorm, create_network
 from .tasks import TASKS, Task
 
 CHECKPOINT_FORMAT = "birads-checkpoint/1"
@@ -81,11 +81,10 @@ class FoldEnsemble(nn.Module):
         super().__init__()
         self.nets = nn.ModuleList(nets)
         self.multilabel = multilabel
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255)
+        self.norm = InputNorm(mean, std)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.float() - self.mean) / self.std
+        x = self.norm(images)
         probs = [torch.sigmoid(n(x)) if self.multilabel else torch.softmax(n(x), dim=-1) for n in self.nets]
         return torch.stack(probs).float().mean(0)
 

@@ -18,7 +18,7 @@ from .tasks import FEATURES, UNKNOWN
 ACC_WEIGHT, F1_WEIGHT = 0.6, 0.4
 
 
-def _f1(true_pos: np.ndarray, pred_pos: np.ndarray) -> float:
+def binary_f1(true_pos: np.ndarray, pred_pos: np.ndarray) -> float:
     tp = np.sum(true_pos & pred_pos)
     denominator = np.sum(true_pos) + np.sum(pred_pos)
     return float(2 * tp / denominator) if denominator else 0.0
@@ -28,7 +28,7 @@ def cla_score(y_true, y_pred) -> dict:
     y_true, y_pred = np.asarray(y_true).reshape(-1), np.asarray(y_pred).reshape(-1)
     acc = float(np.mean(y_true == y_pred)) if y_true.size else float("nan")
     classes = np.union1d(y_true, y_pred[y_pred >= 0])
-    macro_f1 = float(np.mean([_f1(y_true == c, y_pred == c) for c in classes])) if classes.size else 0.0
+    macro_f1 = float(np.mean([binary_f1(y_true == c, y_pred == c) for c in classes])) if classes.size else 0.0
     return {"score": ACC_WEIGHT * acc + F1_WEIGHT * macro_f1, "accuracy": acc, "macro_f1": macro_f1}
 
 
@@ -40,7 +40,7 @@ def feature_score(y_true, y_pred) -> dict:
     if y_true.size == 0:
         return {"score": float("nan"), "accuracy": float("nan"), "f1": float("nan"), "n": 0}
     acc = float(np.mean(y_true == y_pred))
-    f1 = _f1(y_true == 1, y_pred == 1)
+    f1 = binary_f1(y_true == 1, y_pred == 1)
     return {"score": ACC_WEIGHT * acc + F1_WEIGHT * f1, "accuracy": acc, "f1": f1, "n": int(y_true.size)}
 
 

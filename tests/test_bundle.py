@@ -40,8 +40,7 @@ def test_batched_tta_equals_looping_over_views_and_folds(tmp_path):
     tta = make_tta("hflip,multiply")
     with torch.inference_mode():
         batched = bundle.ensemble.predict(images, tta)
-        looped = torch.stack([torch.stack([torch.sigmoid(net((t.augment_image(images).float() - bundle.ensemble.mean)
-                                                             / bundle.ensemble.std)) for net in bundle.ensemble.nets])
+        looped = torch.stack([torch.stack([torch.sigmoid(net(bundle.ensemble.norm(t.augment_image(images)))) for net in bundle.ensemble.nets])
                               for t in tta]).mean((0, 1))
     assert len(tta) == 6 and torch.allclose(batched, looped, atol=1e-5)
 
@@ -67,3 +66,11 @@ def test_missing_weight_file_and_missing_bundle(tmp_path):
 def test_unknown_tta_is_rejected():
     with pytest.raises(ValueError, match="unknown TTA"):
         make_tta("rotate90")
+
+
+def test_new_head_starts_near_uniform():
+    torch.manual_seed(0)
+    net = create_network(TEST_BACKBONE, 6).eval()
+    with torch.no_grad():
+        logits = net(torch.randn(4, 3, 64, 64))
+    assert logits.std() < 0.5

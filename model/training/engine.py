@@ -1,0 +1,186 @@
+"""One training loop for both tasks: ``train_fold`` trains and validates one fold, resumably.
+
+Per fold, RUN_DIR/fold<k>/ holds ``last.pt`` (everything needed to resume: model, EMA, optimizer,
+scheduler, scaler, epoch, history), ``best.pt`` (the self-describing checkpoint of the best epoch),
+``oof.npy`` (validation probabilities of the best epoch), ``history.json`` and ``done.json``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from timm.utils import ModelEmaV3
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from ..atomic import atomic_path, write_json
+from ..bundle import save_checkpoint
+from ..device import autocast, resolve_device, resolve_precision
+from ..metric import task_score
+from ..network import InputNorm, create_network, normalisation
+from .config import TrainConfig
+from .dataset import CachedImage, EvalDataset, TrainDataset
+from .seeding import loader_generator, seed_everything, worker_init_fn
+from .spec import TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+def training_precision(device: torch.device, requested: str) -> str:
+    """bf16 autocast on a CPU with native bf16 support (AMX/AVX512-BF16), fp32 on others."""
+    if requested == "auto" and device.type == "cpu":
+        return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    return resolve_precision(device, requested, training=True)
+
+
+def _param_groups(net: torch.nn.Module, weight_decay: float):
+    decay, no_decay = [], []
+    for name, p in net.named_parameters():
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _schedule(total_steps: int, warmup_steps: int):
+    def factor(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def checkpoint_meta(spec: TaskSpec, cfg: TrainConfig, fold: int, epoch: int, score: float) -> dict:
+    mean, std = normalisation(cfg.backbone)
+    return {"task": spec.task.name, "backbone": cfg.backbone, "heads": list(spec.task.heads),
+            "img_size": cfg.img_size, "mean": mean, "std": std, "fold": fold, "epoch": epoch,
+            "score": score, "config": asdict(cfg)}
+
+
+@torch.inference_mode()
+def predict_probs(net, norm, loader, device, precision, task) -> np.ndarray:
+    net.eval()
+    out = []
+    for images in loader:
+        x = norm(images.to(device))
+        with autocast(device, precision):
+            out.append(task.probabilities(net(x).float()).cpu().numpy())
+    return np.concatenate(out).astype(np.float64)
+
+
+def train_fold(spec: TaskSpec, cfg: TrainConfig, items: list[CachedImage], targets: np.ndarray,
+               masks: np.ndarray, labels: np.ndarray, fold_ids: np.ndarray, fold: int, run_dir: Path,
+               report=None) -> dict:
+    """Train fold ``fold``; resumes from last.pt, returns the fold's summary (also saved as done.json).
+
+    ``report(epoch, score)`` is called after every epoch (tuning uses it for pruning).
+    """
+    task = spec.task
+    fold_dir = Path(run_dir) / f"fold{fold}"
+    if (fold_dir / "done.json").is_file():
+        return json.loads((fold_dir / "done.json").read_text())
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    precision = training_precision(device, cfg.precision)
+    train_idx, val_idx = np.flatnonzero(fold_ids != fold), np.flatnonzero(fold_ids == fold)
+    seed_everything(cfg.seed + fold)
+
+    norm = InputNorm(*normalisation(cfg.backbone)).to(device)
+    net = create_network(cfg.backbone, task.num_outputs, cfg.pretrained, cfg.drop_rate).to(device)
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    ema = ModelEmaV3(net, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay > 0 else None
+    loss_fn = spec.make_loss(cfg, targets[train_idx], masks[train_idx]).to(device)
+
+    train_set = TrainDataset([items[i] for i in train_idx], targets[train_idx], masks[train_idx], cfg.img_size,
+                             cfg.aug_strength, cfg.cutmix_p, cfg.seed + fold)
+    weights = spec.sample_weights(cfg, targets[train_idx])
+    batch_size = min(cfg.batch_size, len(train_idx))  # a tiny fold still gets one full step per epoch
+    steps_per_epoch = len(train_idx) // batch_size
+    val_loader = DataLoader(EvalDataset([items[i] for i in val_idx]), batch_size=cfg.batch_size * 2)
+
+    optimizer = torch.optim.AdamW(_param_groups(net, cfg.weight_decay), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _schedule(cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    state = {"epoch": 0, "step": 0, "best_score": -1.0, "best_epoch": -1, "history": []}
+    if (fold_dir / "last.pt").is_file():
+        saved = torch.load(fold_dir / "last.pt", map_location=device, weights_only=False)
+        net.load_state_dict(saved["model"])
+        if ema is not None:
+            ema.load_state_dict(saved["ema"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        state = saved["state"]
+        log.info("fold %d: resuming after epoch %d", fold, state["epoch"])
+
+    for epoch in range(state["epoch"], cfg.epochs):
+        if epoch - state["best_epoch"] > cfg.patience and state["best_epoch"] >= 0:
+            log.info("fold %d: no better score for %d epochs, stopping", fold, cfg.patience)
+            break
+        started = time.perf_counter()
+        generator = loader_generator(cfg.seed * 1000 + fold * 100 + epoch)
+        train_set.reseed(int(generator.initial_seed()) + 1)
+        sampler = (WeightedRandomSampler(weights, num_samples=steps_per_epoch * batch_size, generator=generator)
+                   if weights is not None else None)
+        loader = DataLoader(train_set, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                            drop_last=True, num_workers=cfg.workers, worker_init_fn=worker_init_fn,
+                            generator=generator, pin_memory=device.type == "cuda",
+                            persistent_workers=False)
+        net.train()
+        losses = []
+        for images, batch_targets, batch_masks in loader:
+            x = norm(images.to(device, non_blocking=True))
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, precision):
+                logits = net(x)
+            loss = loss_fn(logits.float(), batch_targets.to(device), batch_masks.to(device))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"fold {fold}, epoch {epoch}: loss is {loss.item()}; lower lr or use fp32")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            state["step"] += 1
+            if ema is not None:
+                ema.update(net, step=state["step"])
+            losses.append(loss.item())
+        model = ema.module if ema is not None else net
+        probs = predict_probs(model, norm, val_loader, device, precision, task)
+        score = task_score(task.name, labels[val_idx].squeeze() if not task.multilabel else labels[val_idx],
+                           task.decide(probs))["score"]
+        seconds = time.perf_counter() - started
+        state["history"].append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_score": score,
+                                 "lr": optimizer.param_groups[0]["lr"], "seconds": seconds})
+        log.info("fold %d epoch %d/%d: loss %.4f, val score %.4f (%.1fs)", fold, epoch + 1, cfg.epochs,
+                 np.mean(losses), score, seconds)
+        if score > state["best_score"]:
+            state["best_score"], state["best_epoch"] = score, epoch
+            save_checkpoint(fold_dir / "best.pt", model, checkpoint_meta(spec, cfg, fold, epoch, score))
+            with atomic_path(fold_dir / "oof.npy") as tmp, open(tmp, "wb") as f:
+                np.save(f, probs)
+        state["epoch"] = epoch + 1
+        with atomic_path(fold_dir / "last.pt") as tmp:
+            torch.save({"model": net.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(), "state": state}, tmp)
+        write_json(fold_dir / "history.json", state["history"])
+        if report is not None:
+            report(epoch, score)
+
+    summary = {"fold": fold, "best_epoch": state["best_epoch"], "score": state["best_score"],
+               "epochs_run": state["epoch"], "n_val": int(len(val_idx)), "precision": precision,
+               "seconds_per_epoch": float(np.mean([h["seconds"] for h in state["history"]])) if state["history"] else None}
+    write_json(fold_dir / "done.json", summary)
+    (fold_dir / "last.pt").unlink(missing_ok=True)
+    return summary
+

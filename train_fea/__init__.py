@@ -1,0 +1,1 @@
+"""Four-feature training: the task's defaults and masked multi-task loss; the engine lives in model.training."""
