@@ -156,6 +156,9 @@ def train_fold(spec: TaskSpec, cfg: TrainConfig, items: list[CachedImage], targe
             losses.append(loss.item())
         model = ema.module if ema is not None else net
         probs = predict_probs(model, norm, val_loader, device, precision, task)
+        if not np.isfinite(probs).all():
+            raise FloatingPointError(f"fold {fold}, epoch {epoch}: the model diverged (non-finite validation "
+                                     "probabilities); lower lr or use --set precision=fp32")
         score = task_score(task.name, labels[val_idx].squeeze() if not task.multilabel else labels[val_idx],
                            task.decide(probs))["score"]
         seconds = time.perf_counter() - started
