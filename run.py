@@ -39,6 +39,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=min(4, max(0, (os.cpu_count() or 1) - 1)),
                    help="image decoding processes (default: cores - 1, at most 4)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--check", action="store_true",
+                   help="pre-flight check of this folder (environment, bundles, dry run, timing) instead of predicting")
+    p.add_argument("--images", type=int, default=1700, help="with --check: estimate the run time for this many images")
     return p
 
 
@@ -71,6 +74,16 @@ def run_task(task_name: str, args, device, precision, tta, problems: list[str]) 
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    unknown = [t for t in args.tasks.split(",") if t.strip() and t.strip() not in TASKS]
+    if unknown:
+        print(f"error: unknown task(s) {unknown} in --tasks; use cla, fea or cla,fea", file=sys.stderr)
+        return 2
+    if args.check:
+        from model.check import check_submission, print_report
+        report = check_submission(PROJECT, args.weights, args.images,
+                                  run_args=("--device", args.device, "--tta", args.tta, "--workers", str(args.workers)))
+        print_report(report)
+        return 0 if report.ok else 1
     if not args.test_dir.is_dir():
         print(f"error: test folder {args.test_dir.resolve()} not found. Place the test set there "
               "(with cla/ and fea/ inside) or pass --test-dir.", file=sys.stderr)

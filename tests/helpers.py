@@ -3,38 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from model.bundle import export_bundle
 from model.network import create_network
+from model.synthetic import fake_ultrasound, save_image  # noqa: F401 (re-exported for tests)
 from model.tasks import CLA_FOLDERS, FEATURES, TASKS
 
 TEST_BACKBONE = "test_efficientnet"
 TEST_SIZE = 32
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "breast-lesions-usg"
-
-
-def fake_ultrasound(seed: int, size=(80, 96), label: int = 0, border: int = 8) -> np.ndarray:
-    """A noisy grey sector with a dark 'lesion' whose size depends on ``label``, inside a black frame."""
-    rng = np.random.default_rng(seed)
-    h, w = size
-    img = np.zeros((h, w, 3), dtype=np.uint8)
-    inner = rng.integers(60, 160, size=(h - 2 * border, w - 2 * border, 1), dtype=np.uint8)
-    img[border:h - border, border:w - border] = inner
-    cy, cx, r = h // 2, w // 2, 6 + 2 * label
-    yy, xx = np.ogrid[:h, :w]
-    img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 20
-    return img
-
-
-def save_image(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    im = Image.fromarray(array)
-    if mode:
-        im = im.convert(mode)
-    im.save(path)
-    return path
 
 
 def make_cla_data(root: Path, per_class: int = 4, size=(80, 96)) -> Path:

@@ -1,0 +1,173 @@
+"""Record submissions and keep a local leaderboard: ``python -m model.submissions``.
+
+    record NAME [--pred-dir DIR] [--gt DIR] [--notes TEXT]   archive the CSVs, manifests, commit and scores
+    public NAME SCORE                                         enter the public leaderboard score later
+    plot [--out FILE]                                         OOF overall against public score (PNG)
+    list                                                      print the leaderboard
+
+Each submission is archived in submissions/<date>-<name>/ and gets one row in submissions/leaderboard.csv.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from .atomic import atomic_path, write_json
+from .bundle import MANIFEST, WEIGHTS_DIR, read_manifest
+from .metric import overall_score
+from .score import score_folder
+
+PROJECT = Path(__file__).resolve().parents[1]
+SUBMISSIONS = PROJECT / "submissions"
+COLUMNS = ["name", "date", "commit", "oof_cla", "oof_fea", "oof_overall", "local_cla", "local_fea",
+           "local_overall", "public_score", "notes", "folder"]
+
+
+class SubmissionError(ValueError):
+    pass
+
+
+def git_commit(project: Path = PROJECT) -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=project, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=project,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def read_leaderboard(root: Path = SUBMISSIONS) -> pd.DataFrame:
+    path = root / "leaderboard.csv"
+    if not path.is_file():
+        return pd.DataFrame(columns=COLUMNS)
+    return pd.read_csv(path, dtype={"name": str, "commit": str, "notes": str, "folder": str}, keep_default_na=False)
+
+
+def _write_leaderboard(frame: pd.DataFrame, root: Path) -> None:
+    with atomic_path(root / "leaderboard.csv") as tmp:
+        frame[COLUMNS].to_csv(tmp, index=False)
+
+
+def record(name: str, pred_dir: Path, weights: Path = WEIGHTS_DIR, gt_dir: Path | None = None, notes: str = "",
+           root: Path = SUBMISSIONS, today: dt.date | None = None) -> dict:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", name):
+        raise SubmissionError(f"name {name!r}: use letters, digits, '.', '_' and '-' only")
+    board = read_leaderboard(root)
+    if name in set(board["name"]):
+        raise SubmissionError(f"a submission named {name!r} is already recorded; choose another name")
+    csvs = [pred_dir / f"{task}_pre.csv" for task in ("cla", "fea")]
+    missing = [str(p) for p in csvs if not p.is_file()]
+    if missing:
+        raise SubmissionError(f"missing {', '.join(missing)}: run python run.py first")
+    date = (today or dt.date.today()).isoformat()
+    folder = root / f"{date}-{name}"
+    oof = {}
+    staging = root / f".{folder.name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for csv in csvs:
+        shutil.copy2(csv, staging / csv.name)
+    for task in ("cla", "fea"):
+        manifest = read_manifest(weights / task)
+        shutil.copy2(weights / task / MANIFEST, staging / f"{task}_{MANIFEST}")
+        oof[task] = manifest.get("cv", {}).get("oof_score_tuned_rule")
+    local = score_folder(pred_dir, gt_dir) if gt_dir else {}
+    row = {"name": name, "date": date, "commit": git_commit(), "oof_cla": oof["cla"], "oof_fea": oof["fea"],
+           "oof_overall": overall_score(oof["cla"], oof["fea"]) if None not in oof.values() else None,
+           "local_cla": local.get("cla", {}).get("scores", {}).get("score"),
+           "local_fea": local.get("fea", {}).get("scores", {}).get("score"),
+           "local_overall": local.get("overall"), "public_score": None, "notes": notes,
+           "folder": folder.relative_to(root).as_posix()}
+    write_json(staging / "submission.json", {**row, "local_report": local})
+    staging.rename(folder)
+    _write_leaderboard(pd.concat([board, pd.DataFrame([row])], ignore_index=True), root)
+    return row
+
+
+def set_public(name: str, score: float, root: Path = SUBMISSIONS) -> None:
+    board = read_leaderboard(root)
+    if name not in set(board["name"]):
+        raise SubmissionError(f"no submission named {name!r}; recorded: {', '.join(board['name']) or 'none'}")
+    board["public_score"] = board["public_score"].astype(object)
+    board.loc[board["name"] == name, "public_score"] = float(score)
+    _write_leaderboard(board, root)
+
+
+def plot(out: Path, root: Path = SUBMISSIONS) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    board = read_leaderboard(root)
+    for column in ("oof_overall", "public_score", "local_overall"):
+        board[column] = pd.to_numeric(board[column], errors="coerce")
+    board = board[board["public_score"].notna() & board["oof_overall"].notna()]
+    if board.empty:
+        raise SubmissionError("no submission has both an OOF score and a public score yet: "
+                              "python -m model.submissions public NAME SCORE")
+    x, y = board["oof_overall"], board["public_score"]
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.scatter(x, y, color="tab:blue", label="public leaderboard")
+    local = board["local_overall"]
+    if local.notna().any():
+        ax.scatter(x[local.notna()], local[local.notna()], marker="x", color="tab:orange", label="local testA")
+    for name, xi, yi in zip(board["name"], x, y):
+        ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    low, high = min(x.min(), y.min()) - 0.02, max(x.max(), y.max()) + 0.02
+    ax.plot([low, high], [low, high], ":", color="grey", label="CV = LB")
+    ax.set_xlabel("OOF overall score (CV)")
+    ax.set_ylabel("leaderboard score")
+    ax.set_title("Does CV track the leaderboard?")
+    ax.legend(fontsize=8)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m model.submissions", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("record", help="archive the current CSVs and bundle manifests")
+    r.add_argument("name")
+    r.add_argument("--pred-dir", type=Path, default=PROJECT, help="where cla_pre.csv/fea_pre.csv are (default: project)")
+    r.add_argument("--weights", type=Path, default=WEIGHTS_DIR)
+    r.add_argument("--gt", type=Path, help="ground-truth folder (e.g. the labelled testA) for a local score")
+    r.add_argument("--notes", default="")
+    s = sub.add_parser("public", help="enter the public leaderboard score of a submission")
+    s.add_argument("name")
+    s.add_argument("score", type=float)
+    g = sub.add_parser("plot", help="plot OOF score against leaderboard score")
+    g.add_argument("--out", type=Path, default=SUBMISSIONS / "cv_vs_lb.png")
+    sub.add_parser("list", help="print the leaderboard")
+    args = p.parse_args(argv)
+    try:
+        if args.command == "record":
+            row = record(args.name, args.pred_dir, args.weights, args.gt, args.notes)
+            print(json.dumps(row, indent=2, default=str))
+        elif args.command == "public":
+            set_public(args.name, args.score)
+            print(f"{args.name}: public score {args.score}")
+        elif args.command == "plot":
+            print(f"wrote {plot(args.out)}")
+        else:
+            print(read_leaderboard().to_string(index=False))
+    except (SubmissionError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
