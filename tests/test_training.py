@@ -57,6 +57,8 @@ def test_two_fold_cla_run_gives_complete_oof_metrics_and_a_bundle_run_py_uses(tm
     manifest = json.loads((tmp_path / "weights/cla/manifest.json").read_text())
     assert manifest["decision"] == saved["rule"] and len(manifest["folds"]) == 2
     assert manifest["prior"] == pytest.approx([1 / 6] * 6)
+    assert cli_main(CLA_SPEC, ["export", str(run_dir), "--out", str(tmp_path / "one"), "--folds", "1"]) == 0
+    assert [f["fold"] for f in json.loads((tmp_path / "one/manifest.json").read_text())["folds"]] == [1]
     from tests.helpers import make_bundle
     make_bundle(tmp_path / "weights/fea", "fea")
     test_dir = make_test_folder(tmp_path / "testB", n=4)

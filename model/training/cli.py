@@ -81,8 +81,10 @@ def _export(spec: TaskSpec, argv, prog) -> int:
     p = argparse.ArgumentParser(prog=f"{prog} export", description="Freeze a run's finished folds into a bundle.")
     p.add_argument("run_dir")
     p.add_argument("--out", help=f"bundle folder (default model/weights/{spec.task.name}/)")
+    p.add_argument("--folds", help="only these finished folds, e.g. 0,1 (a smaller, faster bundle; default all)")
     args = p.parse_args(argv)
     from .experiment import export
-    folder = export(spec, args.run_dir, args.out)
+    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
+    folder = export(spec, args.run_dir, args.out, folds)
     print(f"exported {spec.task.name} bundle to {folder}")
     return 0

@@ -156,11 +156,18 @@ def _scores(spec: TaskSpec, labels: np.ndarray, predicted: np.ndarray) -> dict:
     return scores
 
 
-def export(spec: TaskSpec, run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Freeze the finished folds of a run into a bundle (default model/weights/<task>/)."""
+def export(spec: TaskSpec, run_dir: str | Path, out: str | Path | None = None, folds: list[int] | None = None) -> Path:
+    """Freeze the finished folds of a run (or the subset ``folds``) into a bundle (default model/weights/<task>/).
+
+    The decision rule and CV scores always come from the OOF predictions of every finished fold.
+    """
     run_dir = Path(run_dir)
     metrics = summarise(spec, run_dir)
-    checkpoints = [load_checkpoint(run_dir / f"fold{k}" / "best.pt") for k in metrics["folds_done"]]
+    chosen = metrics["folds_done"] if folds is None else folds
+    unfinished = sorted(set(chosen) - set(metrics["folds_done"]))
+    if unfinished:
+        raise ValueError(f"{run_dir}: folds {unfinished} are not finished; finished: {metrics['folds_done']}")
+    checkpoints = [load_checkpoint(run_dir / f"fold{k}" / "best.pt") for k in chosen]
     frame = pd.read_csv(run_dir / "samples.csv", dtype={"key": str})
     labels = _labels_of(spec, frame)
     if spec.task.multilabel:

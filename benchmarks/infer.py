@@ -1,0 +1,148 @@
+"""Inference speed: run.py against (a) the naive loop and (b) the compute limit, measured in one run.
+
+    python benchmarks/infer.py [--images 120] [--folds 5] [--size 224] [--device cpu]
+
+A generated test folder (mixed png/jpg, 500-1200 px) per task and random-init bundles in the real
+format (tf_efficientnet_lite0, --folds per task, hflip TTA) are timed three ways:
+
+  run.py  the shipped path (python run.py on the folder, bundle loading included)
+  (a)     what most entries do: per image, PIL decode, then ttach.ClassificationTTAWrapper around each
+          fold model, one forward per view
+  (b)     the compute limit: the same ensemble's batched forward on tensors already decoded and resized
+
+Prints images per second, the ratios run.py/(a) and run.py/(b), peak memory, and whether run.py and
+(a) predict the same labels.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+import ttach  # noqa: E402
+
+import run  # noqa: E402
+from model.bundle import export_bundle, load_bundle, make_tta  # noqa: E402
+from model.images import load_rgb, prepare  # noqa: E402
+from model.network import create_network, normalisation  # noqa: E402
+from model.predict import list_test_images  # noqa: E402
+from model.synthetic import fake_ultrasound, save_image  # noqa: E402
+from model.tasks import TASKS  # noqa: E402
+
+
+def make_folder(root: Path, n: int) -> None:
+    rng = np.random.default_rng(0)
+    for task in TASKS:
+        for i in range(1, n + 1):
+            h = int(rng.integers(500, 1201))
+            w = int(rng.integers(500, 1201))
+            ext = ".png" if i % 2 else ".jpg"
+            save_image(root / task / f"{i:04d}{ext}", fake_ultrasound(i, (h, w), i % 6, border=h // 20))
+
+
+def make_weights(root: Path, folds: int, size: int, backbone: str) -> None:
+    mean, std = normalisation(backbone)
+    for name, task in TASKS.items():
+        checkpoints = []
+        for fold in range(folds):
+            torch.manual_seed(fold)
+            net = create_network(backbone, task.num_outputs)
+            checkpoints.append({"task": name, "backbone": backbone, "heads": list(task.heads), "img_size": size,
+                                "mean": mean, "std": std, "fold": fold, "epoch": 0, "score": 0.0,
+                                "state_dict": net.state_dict()})
+        prior = [1 / task.num_outputs] * task.num_outputs
+        export_bundle(root / name, checkpoints, {"decision": task.default_rule(), "prior": prior, "cv": {}})
+
+
+def naive(weights: Path, test_dir: Path, device: torch.device) -> dict[str, np.ndarray]:
+    """Per image, per fold: ttach's wrapper, one forward per view (what most entries ship)."""
+    out = {}
+    for name, task in TASKS.items():
+        bundle = load_bundle(weights / name, device)
+        wrapped = [ttach.ClassificationTTAWrapper(net, ttach.aliases.hflip_transform(), merge_mode="mean")
+                   for net in bundle.ensemble.nets]
+        rows = []
+        with torch.no_grad():
+            for image in list_test_images(test_dir / name).images:
+                x = torch.from_numpy(prepare(load_rgb(image.path), bundle.img_size)).permute(2, 0, 1)[None]
+                x = bundle.ensemble.norm(x.to(device))
+                # ttach averages logits; averaging probabilities would need its wrapper rewritten.
+                probs = [task.probabilities(model(x)) for model in wrapped]
+                rows.append(torch.stack(probs).mean(0)[0].cpu().numpy())
+        out[name] = task.decide(np.array(rows), bundle.rule)
+    return out
+
+
+def compute_limit(weights: Path, test_dir: Path, device: torch.device, batch_size: int) -> float:
+    """Seconds for the batched ensemble forward alone, on tensors decoded and resized beforehand."""
+    tta = make_tta("hflip")
+    total = 0.0
+    for name in TASKS:
+        bundle = load_bundle(weights / name, device)
+        images = torch.from_numpy(np.stack([prepare(load_rgb(i.path), bundle.img_size)
+                                            for i in list_test_images(test_dir / name).images])).permute(0, 3, 1, 2)
+        with torch.inference_mode():
+            bundle.ensemble.predict(images[:2].to(device), tta)  # warm-up
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            for i in range(0, len(images), batch_size):
+                bundle.ensemble.predict(images[i:i + batch_size].to(device), tta)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            total += time.perf_counter() - started
+    return total
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=120, help="images per task")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--backbone", default="tf_efficientnet_lite0")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--skip-naive", action="store_true")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    n = 2 * args.images
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        make_folder(tmp / "test", args.images)
+        make_weights(tmp / "weights", args.folds, args.size, args.backbone)
+        print(f"{n} images ({args.images} per task), {args.folds} folds x 2 tasks of {args.backbone} at {args.size}px, "
+              f"hflip TTA, device {device}, {torch.get_num_threads()} threads")
+
+        started = time.perf_counter()
+        run.main(["--weights", str(tmp / "weights"), "--test-dir", str(tmp / "test"), "--out-dir", str(tmp / "out"),
+                  "--device", args.device, "--batch-size", str(args.batch_size), "--quiet"])
+        shipped = time.perf_counter() - started
+        limit = compute_limit(tmp / "weights", tmp / "test", device, args.batch_size)
+        print(f"run.py          {shipped:7.1f}s  {n / shipped:6.2f} img/s")
+        print(f"(b) limit       {limit:7.1f}s  {n / limit:6.2f} img/s   run.py reaches {limit / shipped:.0%} of it")
+        if not args.skip_naive:
+            started = time.perf_counter()
+            labels = naive(tmp / "weights", tmp / "test", device)
+            slow = time.perf_counter() - started
+            print(f"(a) naive       {slow:7.1f}s  {n / slow:6.2f} img/s   run.py is {slow / shipped:.1f}x faster")
+            for t in TASKS:
+                shipped_labels = pd.read_csv(tmp / "out" / f"{t}_pre.csv").iloc[:, 1:].to_numpy()
+                agree = (shipped_labels.reshape(labels[t].shape) == labels[t]).mean()
+                print(f"{t} labels agreeing with (a): {agree:.1%} ((a) averages logits over views, run.py probabilities)")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"peak memory: {peak:.0f} MiB (this process), {children:.0f} MiB (largest worker)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
