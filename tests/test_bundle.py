@@ -74,3 +74,16 @@ def test_new_head_starts_near_uniform():
     with torch.no_grad():
         logits = net(torch.randn(4, 3, 64, 64))
     assert logits.std() < 0.5
+
+
+def test_pretrained_from_a_local_file_skips_the_old_head(tmp_path):
+    from model.network import PretrainedError
+    source = create_network(TEST_BACKBONE, 1000)
+    torch.save({"state_dict": source.state_dict()}, tmp_path / "backbone.pth")
+    net = create_network(TEST_BACKBONE, 6, pretrained=str(tmp_path / "backbone.pth"))
+    assert torch.equal(net.conv_stem.weight, source.conv_stem.weight)
+    assert net.get_classifier().out_features == 6
+    with pytest.raises(PretrainedError, match="pretrained weight file not found"):
+        create_network(TEST_BACKBONE, 6, pretrained=str(tmp_path / "missing.pth"))
+    with pytest.raises(PretrainedError, match="no offline ImageNet weights for 'test_efficientnet'"):
+        create_network(TEST_BACKBONE, 6, pretrained="imagenet")

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,7 @@ from model.decision import tune_logit_offsets, tune_thresholds
 from model.metric import cla_score, feature_score
 from model.tasks import CLA, FEA
 from model.training.cli import main as cli_main
-from model.training.dataset import CachedImage, box_cutmix, build_cache, encode_targets
+from model.training.dataset import CachedImage, box_cutmix, encode_targets
 from model.training.experiment import export, summarise, train
 from model.training.folds import FoldsMismatchError, load_or_make_folds
 from tests.helpers import TEST_BACKBONE, TEST_SIZE, make_cla_data, make_fea_data, make_test_folder, save_image
@@ -125,12 +126,13 @@ def test_folds_file_is_stable_and_notices_changed_data(tmp_path):
         load_or_make_folds(CLA, read_cla(data), "d", 5, seed=1, folds_dir=tmp_path / "folds")
 
 
-def test_unreadable_training_image_stops_before_training(tmp_path):
+def test_unreadable_training_image_stops_before_training_and_before_folds(tmp_path):
     data = make_cla_data(tmp_path / "d", per_class=2)
     bad = next((data / "乳腺分类训练数据集/train/3类/images").iterdir())
     bad.write_bytes(b"broken")
     with pytest.raises(DatasetError, match=rf"1 training image\(s\) cannot be read.*\n  {bad}: cannot decode"):
-        build_cache(read_cla(data), 32, 1.15)
+        train(CLA_SPEC, tiny_config(CLA_SPEC, tmp_path, data))
+    assert not (tmp_path / "folds").exists() and not list((tmp_path / "run").glob("fold*"))
 
 
 def test_cli_reports_bad_data_and_bad_keys(tmp_path, capsys):
@@ -143,12 +145,21 @@ def test_cli_reports_bad_data_and_bad_keys(tmp_path, capsys):
     assert "epochs: 3" in out and "soft_f1_weight: 0.1" in out and "- 2.0" in out
 
 
-def test_fea_run_masks_unknowns_and_tunes_thresholds(tmp_path, fea_data):
+def test_fea_run_masks_unknowns_tunes_thresholds_and_exports_for_run_py(tmp_path, fea_data, weights):
     metrics = train(FEA_SPEC, tiny_config(FEA_SPEC, tmp_path, fea_data))
     assert metrics["n_oof"] == 16 and set(metrics["rule"]) == {"thresholds"}
     calcification = metrics["oof_default_rule"]["features"]["calcification"]
     assert calcification["n"] == 14                                  # two unknown labels left out
     assert (tmp_path / f"folds/{fea_data.name}/fea_folds.csv").is_file()
+    assert "calcification 2" in (tmp_path / "run/train.log").read_text()  # unknowns counted in the log
+    assert cli_main(FEA_SPEC, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "w/fea")]) == 0
+    manifest = json.loads((tmp_path / "w/fea/manifest.json").read_text())
+    assert manifest["decision"] == metrics["rule"] and len(manifest["prior"]) == 4
+    shutil.copytree(weights / "cla", tmp_path / "w/cla")
+    test_dir = make_test_folder(tmp_path / "testB", n=3)
+    assert run.main(["--weights", str(tmp_path / "w"), "--test-dir", str(test_dir), "--out-dir",
+                     str(tmp_path / "out"), "--quiet", "--workers", "0"]) == 0
+    assert len(pd.read_csv(tmp_path / "out/fea_pre.csv")) == 3
 
 
 def test_unknown_labels_are_masked_not_zero():

@@ -54,11 +54,10 @@ def run_log(run_dir: Path):
         root.setLevel(previous)
 
 
-def prepare_run(spec: TaskSpec, cfg: TrainConfig):
-    """Read and check the data, fix the folds, and make the run folder. Nothing trains yet."""
+def open_run(spec: TaskSpec, cfg: TrainConfig) -> Path:
+    """Resolve the dataset name and run folder; refuse a folder that holds another recipe."""
     if not cfg.data:
         raise ValueError("no training data given: pass --data DIR (the folder with the official layout)")
-    samples = read_dataset(cfg.data, spec.task)
     if not cfg.dataset:
         cfg.dataset = dataset_name(cfg.data, spec.task)
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(spec, cfg)
@@ -72,6 +71,11 @@ def prepare_run(spec: TaskSpec, cfg: TrainConfig):
                              "Use another --out, or the same settings to resume.")
     else:
         save_config(cfg, run_dir / "config.yaml")
+    return run_dir
+
+
+def assign_folds(spec: TaskSpec, cfg: TrainConfig, samples, run_dir: Path) -> np.ndarray:
+    """Fold ids from the dataset's folds file (made now if absent), copied into RUN_DIR/samples.csv."""
     fold_ids = load_or_make_folds(spec.task, samples, cfg.dataset, cfg.n_folds, cfg.seed,
                                   Path(cfg.folds_dir) if cfg.folds_dir else FOLDS_DIR)
     frame = pd.DataFrame({"key": [s.key for s in samples], "fold": fold_ids})
@@ -79,16 +83,23 @@ def prepare_run(spec: TaskSpec, cfg: TrainConfig):
         frame[head] = [s.labels[j] for s in samples]
     with atomic_path(run_dir / "samples.csv") as tmp:
         frame.to_csv(tmp, index=False)
-    return samples, fold_ids, run_dir
+    return fold_ids
 
 
 def train(spec: TaskSpec, cfg: TrainConfig, report=None) -> dict:
-    """Train the folds ``cfg.folds`` selects (finished ones are skipped) and summarise the run."""
-    samples, fold_ids, run_dir = prepare_run(spec, cfg)
+    """Train the folds ``cfg.folds`` selects (finished ones are skipped) and summarise the run.
+
+    The data is read and every image decoded before folds are made, so a bad file stops the run
+    without leaving a folds file behind that would no longer match once it is fixed.
+    """
+    run_dir = open_run(spec, cfg)
     with run_log(run_dir):
-        log.info("%s: %d images, folds %s, run folder %s\n%s", spec.task.name, len(samples), cfg.folds, run_dir,
+        log.info("%s: folds %s, run folder %s\n%s", spec.task.name, cfg.folds, run_dir,
                  json.dumps(asdict(cfg), ensure_ascii=False))
+        samples = read_dataset(cfg.data, spec.task)
         items = build_cache(samples, cfg.img_size, cfg.cache_scale, cfg.workers)
+        fold_ids = assign_folds(spec, cfg, samples, run_dir)
+        log.info("%s: %d images decoded and cached", spec.task.name, len(samples))
         targets, masks = encode_targets(spec.task, samples)
         labels = np.array([s.labels for s in samples])
         for fold in selected_folds(cfg):
