@@ -38,6 +38,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="first CSV column: the number in the file name (id) or the file name (img_name)")
     p.add_argument("--workers", type=int, default=min(4, max(0, (os.cpu_count() or 1) - 1)),
                    help="image decoding processes (default: cores - 1, at most 4)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels-last memory layout (default on: faster on CPU and CUDA)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--check", action="store_true",
                    help="pre-flight check of this folder (environment, bundles, dry run, timing) instead of predicting")
@@ -61,7 +63,7 @@ def run_task(task_name: str, args, device, precision, tta, problems: list[str]) 
         return None
     paths = [image.path for image in listing.images]
     prediction = predict_paths(bundle, paths, device, precision, args.batch_size, args.workers, tta,
-                               progress=not args.quiet)
+                               progress=not args.quiet, channels_last=args.channels_last)
     for index, reason in sorted(prediction.failed.items()):
         problems.append(f"{reason} -> predicted from the class prior")
     labels = task.decide(prediction.probs, bundle.rule)

@@ -95,11 +95,15 @@ class Prediction:
 
 
 def predict_paths(bundle: Bundle, paths: list[Path], device: torch.device, precision: str = "fp32",
-                  batch_size: int = 16, workers: int = 0, tta=None, progress: bool = True) -> Prediction:
+                  batch_size: int = 16, workers: int = 0, tta=None, progress: bool = True,
+                  channels_last: bool = True) -> Prediction:
+    """Averaged probabilities for ``paths``. channels_last is faster on CPU (oneDNN) and CUDA alike and
+    changes probabilities only by float rounding (a test holds it under 1e-5)."""
     loader = DataLoader(_Decoded(paths, bundle.img_size), batch_size=batch_size, num_workers=workers,
                         shuffle=False, pin_memory=device.type == "cuda", persistent_workers=False)
     probs, failed, start = [], {}, 0
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    bundle.ensemble.to(memory_format=memory_format)
     with torch.inference_mode(), tqdm(total=len(paths), desc=bundle.task.name, unit="img",
                                       disable=not progress, leave=False) as bar:
         for images, errors in loader:

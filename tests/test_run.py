@@ -6,8 +6,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import run
+from model.bundle import load_bundle, make_tta
+from model.predict import predict_paths
 from tests.helpers import fake_ultrasound, make_test_folder, save_image
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -100,6 +103,19 @@ def test_default_paths_are_relative_to_the_project_not_the_cwd(tmp_path, weights
     assert (project / "cla_pre.csv").is_file() and (project / "fea_pre.csv").is_file()
     assert "done in" in result.stdout and "ms per image" in result.stdout
     assert not list(elsewhere.iterdir())
+
+
+def test_speed_options_do_not_change_predictions(tmp_path, weights):
+    test_dir = make_test_folder(tmp_path / "testB", n=6)
+    paths = sorted((test_dir / "cla").iterdir())
+    bundle = load_bundle(weights / "cla")
+    base = predict_paths(bundle, paths, torch.device("cpu"), batch_size=6, tta=make_tta("hflip"), progress=False,
+                         channels_last=False)
+    for options in ({"channels_last": True}, {"batch_size": 1}, {"workers": 2, "batch_size": 4}):
+        kwargs = {"batch_size": 6, "channels_last": False, **options}
+        other = predict_paths(bundle, paths, torch.device("cpu"), tta=make_tta("hflip"), progress=False, **kwargs)
+        np.testing.assert_allclose(other.probs, base.probs, atol=1e-5, err_msg=str(options))
+        assert (bundle.task.decide(other.probs) == bundle.task.decide(base.probs)).all()
 
 
 def test_workers_do_not_change_predictions(tmp_path, weights):
