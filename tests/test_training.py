@@ -88,6 +88,10 @@ def test_interrupted_run_resumes_at_the_last_finished_epoch(tmp_path, cla_data):
     history = json.loads((run_dir / "fold1/history.json").read_text())
     assert [h["epoch"] for h in history] == [0, 1, 2] and history[0] == first_epoch
     assert not (run_dir / "fold1/last.pt").exists()
+    # The resumed run follows the same trajectory as one that was never interrupted.
+    train(CLA_SPEC, dataclasses.replace(cfg, out=str(tmp_path / "straight")))
+    straight = json.loads((tmp_path / "straight/fold1/history.json").read_text())
+    assert [(h["train_loss"], h["val_score"]) for h in history] == [(h["train_loss"], h["val_score"]) for h in straight]
 
 
 def test_folds_trained_separately_gather_into_one_run(tmp_path, cla_data):

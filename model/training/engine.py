@@ -86,6 +86,8 @@ def train_fold(spec: TaskSpec, cfg: TrainConfig, items: list[CachedImage], targe
     fold_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     precision = training_precision(device, cfg.precision)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
     train_idx, val_idx = np.flatnonzero(fold_ids != fold), np.flatnonzero(fold_ids == fold)
     seed_everything(cfg.seed + fold)
 
@@ -124,7 +126,10 @@ def train_fold(spec: TaskSpec, cfg: TrainConfig, items: list[CachedImage], targe
             log.info("fold %d: no better score for %d epochs, stopping", fold, cfg.patience)
             break
         started = time.perf_counter()
-        generator = loader_generator(cfg.seed * 1000 + fold * 100 + epoch)
+        # Every epoch starts from its own seed, so a resumed run repeats an uninterrupted one exactly.
+        epoch_seed = cfg.seed * 1000 + fold * 100 + epoch
+        seed_everything(epoch_seed)
+        generator = loader_generator(epoch_seed)
         train_set.reseed(int(generator.initial_seed()) + 1)
         sampler = (WeightedRandomSampler(weights, num_samples=steps_per_epoch * batch_size, generator=generator)
                    if weights is not None else None)

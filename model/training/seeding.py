@@ -1,7 +1,8 @@
 """Determinism in one place: global seeds, DataLoader worker seeds, the augmentation pipeline's seed.
 
-Limits: with the same seed, machine and library versions, CPU runs repeat exactly; CUDA kernels
-(cuDNN autotuning, atomics in backward passes) make GPU runs close but not bit-identical.
+Each epoch reseeds from (seed, fold, epoch), so a run that is interrupted and resumed repeats an
+uninterrupted one. Limits: with the same seed, machine and library versions, CPU runs repeat exactly;
+CUDA kernels (cuDNN autotuning, atomics in backward passes) make GPU runs close but not bit-identical.
 """
 from __future__ import annotations
 
