@@ -217,3 +217,17 @@ def test_box_cutmix_mixes_labels_by_lesion_area():
     overlap = max(0, min(0.2, x1) - x0) * max(0, min(0.2, y1) - y0)
     assert weight == pytest.approx(0.04 / (0.04 + 0.04 - overlap))
     assert box_cutmix(target, np.zeros((0, 4)), donor, np.random.default_rng(0)) is None
+
+
+def test_training_never_asks_the_network_for_albumentations_updates():
+    import os
+    import subprocess
+    import sys
+    code = ("import socket\n"
+            "def refuse(*a, **k): raise AssertionError('network used')\n"
+            "socket.socket.connect = refuse\n"
+            "import model.training.dataset\n")
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                            cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert result.returncode == 0 and "network used" not in result.stderr, result.stderr
