@@ -69,8 +69,11 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def network_from_checkpoint(ckpt: dict) -> nn.Module:
-    net = create_network(ckpt["backbone"], len(ckpt["heads"]), pretrained="none")
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
+    # Built on the meta device: no time spent on a random initialisation the weights replace anyway.
+    with torch.device("meta"):
+        net = create_network(ckpt["backbone"], len(ckpt["heads"]), pretrained="none")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    net.load_state_dict(state, strict=True, assign=True)
     return net.eval()
 
 
