@@ -19,6 +19,7 @@ sys.path.insert(0, str(PROJECT))
 from model.bundle import WEIGHTS_DIR, BundleError, load_bundle, make_tta  # noqa: E402
 from model.device import PRECISIONS, resolve_device, resolve_precision  # noqa: E402
 from model.predict import ID_COLUMNS, auto_batch_size, list_test_images, predict_paths, write_predictions  # noqa: E402
+from model.onnx_backend import select_engine  # noqa: E402
 from model.tasks import TASKS  # noqa: E402
 
 
@@ -40,6 +41,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="first CSV column: the number in the file name (id) or the file name (img_name)")
     p.add_argument("--workers", type=int, default=min(4, max(0, (os.cpu_count() or 1) - 1)),
                    help="image decoding processes (default: cores - 1, at most 4)")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
+                   help="forward pass: auto = ONNX Runtime on CPU when installed (faster, same answers), "
+                        "PyTorch otherwise and on CUDA")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels-last memory layout (default on: faster on CPU and CUDA)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -65,14 +69,17 @@ def run_task(task_name: str, args, device, precision, tta, problems: list[str]) 
         return None
     paths = [image.path for image in listing.images]
     batch_size = args.batch_size or auto_batch_size(device, tta)
+    engine, note = select_engine(bundle, args.backend, device, args.channels_last)
+    if note:
+        problems.append(note)
     prediction = predict_paths(bundle, paths, device, precision, batch_size, args.workers, tta,
-                               progress=not args.quiet, channels_last=args.channels_last)
+                               progress=not args.quiet, channels_last=args.channels_last, engine=engine)
     for index, reason in sorted(prediction.failed.items()):
         problems.append(f"{reason} -> predicted from the class prior")
     labels = task.decide(prediction.probs, bundle.rule)
     out = args.out_dir / f"{task.name}_pre.csv"
     write_predictions(out, task.label_columns, listing.images, labels, args.id_column)
-    print(f"{task.name}: {len(paths)} images -> {out}")
+    print(f"{task.name}: {len(paths)} images -> {out} ({engine.name})")
     return len(paths)
 
 

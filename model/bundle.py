@@ -80,6 +80,8 @@ def network_from_checkpoint(ckpt: dict) -> nn.Module:
 class FoldEnsemble(nn.Module):
     """Fold networks with their input normalisation; uint8 images in, averaged probabilities out."""
 
+    name = "pytorch"
+
     def __init__(self, nets: list[nn.Module], mean, std, multilabel: bool):
         super().__init__()
         self.nets = nn.ModuleList(nets)

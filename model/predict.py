@@ -110,21 +110,25 @@ def auto_batch_size(device: torch.device, tta=None) -> int:
 
 def predict_paths(bundle: Bundle, paths: list[Path], device: torch.device, precision: str = "fp32",
                   batch_size: int = 2, workers: int = 0, tta=None, progress: bool = True,
-                  channels_last: bool = True) -> Prediction:
-    """Averaged probabilities for ``paths``. channels_last is faster on CPU (oneDNN) and CUDA alike and
+                  channels_last: bool = True, engine=None) -> Prediction:
+    """Averaged probabilities for ``paths``.
+
+    ``engine`` runs the forward pass (default: the bundle's PyTorch ensemble; see
+    model.onnx_backend.select_engine). channels_last is faster on CPU (oneDNN) and CUDA alike and
     changes probabilities only by float rounding (a test holds it under 1e-5)."""
     loader = DataLoader(_Decoded(paths, bundle.img_size), batch_size=batch_size, num_workers=workers,
                         shuffle=False, pin_memory=device.type == "cuda", persistent_workers=False,
                         worker_init_fn=_decode_worker_init if workers > 0 else None)
     probs, failed, start = [], {}, 0
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    bundle.ensemble.to(memory_format=memory_format)
+    if engine is None:
+        engine = bundle.ensemble.to(memory_format=memory_format)
     with torch.inference_mode(), tqdm(total=len(paths), desc=bundle.task.name, unit="img",
                                       disable=not progress, leave=False) as bar:
         for images, errors in loader:
             images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             with autocast(device, precision):
-                batch = bundle.ensemble.predict(images, tta)
+                batch = engine.predict(images, tta)
             probs.append(batch.float().cpu().numpy())
             for offset, error in enumerate(errors):
                 if error:

@@ -30,6 +30,7 @@ def test_run_writes_both_csvs_in_id_order(tmp_path, weights):
     assert cla["label"].between(0, 5).all()
     assert list(fea.columns) == ["id", "boundary", "calcification", "direction", "shape"]
     assert fea.iloc[:, 1:].isin([0, 1]).all().all() and len(fea) == 12
+    assert (tmp_path / "out/cla_pre.csv").stat().st_mode & 0o044  # the organiser's tools can read them
 
 
 def test_img_name_column_and_byte_identical_reruns(tmp_path, weights):
