@@ -5,13 +5,14 @@
 A generated test folder (mixed png/jpg, 500-1200 px) per task and random-init bundles in the real
 format (tf_efficientnet_lite0, --folds per task, hflip TTA) are timed three ways:
 
-  run.py  the shipped path (python run.py on the folder, bundle loading included)
+  run.py  the shipped path (python run.py on the folder, bundle loading included), with its default
+          backend (ONNX Runtime on CPU, graph cached as after a first run) and with --backend torch
   (a)     what most entries do: per image, PIL decode, then ttach.ClassificationTTAWrapper around each
           fold model, one forward per view
   (b)     the compute limit: the same ensemble's batched forward on tensors already decoded and resized
 
-Prints images per second, the ratios run.py/(a) and run.py/(b), peak memory, and whether run.py and
-(a) predict the same labels.
+Each is repeated, interleaved, and the best time counts (this machine is noisy). Prints images per
+second, the ratios to (a) and (b), peak memory, and whether the paths predict the same labels.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ import run  # noqa: E402
 from model.bundle import export_bundle, load_bundle, make_tta  # noqa: E402
 from model.images import load_rgb, prepare  # noqa: E402
 from model.network import create_network, normalisation  # noqa: E402
+from model.onnx_backend import select_engine  # noqa: E402
 from model.predict import list_test_images  # noqa: E402
 from model.synthetic import fake_ultrasound, save_image  # noqa: E402
 from model.tasks import TASKS  # noqa: E402
@@ -82,12 +84,11 @@ def naive(weights: Path, test_dir: Path, device: torch.device) -> dict[str, np.n
     return out
 
 
-def compute_limit(weights: Path, test_dir: Path, device: torch.device, batch_sizes) -> tuple[float, int]:
-    """Seconds for the batched ensemble forward alone, on tensors decoded and resized beforehand, in the
-    fastest memory layout (channels-last), at the fastest of ``batch_sizes``: (seconds, batch size)."""
+def compute_limit(weights: Path, test_dir: Path, device: torch.device, batch_sizes, backend: str) -> tuple[float, int]:
+    """Seconds for the batched ensemble forward alone (``backend`` torch or onnx), on tensors decoded and
+    resized beforehand, at the fastest of ``batch_sizes``: (seconds, batch size)."""
     tta = make_tta("hflip")
-    bundles = {name: load_bundle(weights / name, device).ensemble.to(memory_format=torch.channels_last)
-               for name in TASKS}
+    bundles = {name: select_engine(load_bundle(weights / name, device), backend, device)[0] for name in TASKS}
     images = {}
     for name in TASKS:
         size = load_bundle(weights / name).img_size
@@ -108,10 +109,17 @@ def compute_limit(weights: Path, test_dir: Path, device: torch.device, batch_siz
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 total += time.perf_counter() - started
-        print(f"    (b) at {batch_size:>3} images per batch: {total:6.1f}s")
+        print(f"    (b) {backend} at {batch_size:>3} images per batch: {total:6.1f}s")
         if best is None or total < best[0]:
             best = (total, batch_size)
     return best
+
+
+def time_run_py(weights: Path, test_dir: Path, out: Path, args, backend: str) -> float:
+    started = time.perf_counter()
+    run.main(["--weights", str(weights), "--test-dir", str(test_dir), "--out-dir", str(out), "--device", args.device,
+              "--batch-size", str(args.batch_size), "--backend", backend, "--quiet"])
+    return time.perf_counter() - started
 
 
 def main() -> int:
@@ -122,35 +130,58 @@ def main() -> int:
     p.add_argument("--backbone", default="tf_efficientnet_lite0")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=0, help="run.py's --batch-size (0 = its auto choice)")
+    p.add_argument("--repeats", type=int, default=2, help="interleaved repeats; the best time of each counts")
     p.add_argument("--skip-naive", action="store_true")
     args = p.parse_args()
     device = torch.device(args.device)
     n = 2 * args.images
+    best = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_folder(tmp / "test", args.images)
         make_weights(tmp / "weights", args.folds, args.size, args.backbone)
         print(f"{n} images ({args.images} per task), {args.folds} folds x 2 tasks of {args.backbone} at {args.size}px, "
-              f"hflip TTA, device {device}, {torch.get_num_threads()} threads")
-
-        started = time.perf_counter()
-        run.main(["--weights", str(tmp / "weights"), "--test-dir", str(tmp / "test"), "--out-dir", str(tmp / "out"),
-                  "--device", args.device, "--batch-size", str(args.batch_size), "--quiet"])
-        shipped = time.perf_counter() - started
-        print(f"run.py          {shipped:7.1f}s  {n / shipped:6.2f} img/s   (bundle loading and decoding included)")
-        limit, best_batch = compute_limit(tmp / "weights", tmp / "test", device,
-                                          (1, 2, 4, 8, 16) if device.type == "cpu" else (8, 32, 64))
-        print(f"(b) limit       {limit:7.1f}s  {n / limit:6.2f} img/s   (best batch {best_batch}); "
-              f"run.py reaches {limit / shipped:.0%} of it")
+              f"hflip TTA, device {device}, {torch.get_num_threads()} threads, best of {args.repeats}")
+        backends = ("auto", "torch") if device.type == "cpu" else ("torch",)
+        if device.type == "cpu":  # the ONNX graph is exported once and cached, as on a second organiser run
+            time_run_py(tmp / "weights", tmp / "test", tmp / "warm", args, "auto")
+        for repeat in range(args.repeats):
+            for backend in backends:
+                seconds = time_run_py(tmp / "weights", tmp / "test", tmp / f"out-{backend}", args, backend)
+                best[f"run.py --backend {backend}"] = min(best.get(f"run.py --backend {backend}", 1e9), seconds)
+            for backend in backends:
+                key = f"limit {'onnx' if backend == 'auto' else backend}"
+                limit, batch = compute_limit(tmp / "weights", tmp / "test", device,
+                                             (1, 2, 4) if device.type == "cpu" else (8, 32, 64),
+                                             "onnx" if backend == "auto" else backend)
+                if limit < best.get(key, (1e9,))[0]:
+                    best[key] = (limit, batch)
+            if not args.skip_naive:
+                started = time.perf_counter()
+                labels = naive(tmp / "weights", tmp / "test", device)
+                best["naive"] = min(best.get("naive", 1e9), time.perf_counter() - started)
+        limits = {backend: best.pop(f"limit {'onnx' if backend == 'auto' else backend}") for backend in backends}
+        naive_time = best.pop("naive", None)
+        print()
+        for backend, (limit, batch) in limits.items():
+            name = "ONNX Runtime" if backend == "auto" else "PyTorch channels-last"
+            print(f"(b) compute limit, {name} (best batch {batch}): {limit:6.1f}s  {n / limit:6.2f} img/s")
+        if naive_time:
+            print(f"(a) naive loop (per image, ttach wrapper per fold): {naive_time:6.1f}s  {n / naive_time:6.2f} img/s")
+        for name, seconds in best.items():
+            limit = limits[name.split()[-1]][0]
+            line = f"{name:<22} {seconds:6.1f}s  {n / seconds:6.2f} img/s  = {limit / seconds:.0%} of its (b)"
+            if naive_time:
+                line += f", {naive_time / seconds:.1f}x faster than (a)"
+            print(line)
         if not args.skip_naive:
-            started = time.perf_counter()
-            labels = naive(tmp / "weights", tmp / "test", device)
-            slow = time.perf_counter() - started
-            print(f"(a) naive       {slow:7.1f}s  {n / slow:6.2f} img/s   run.py is {slow / shipped:.1f}x faster")
             for t in TASKS:
-                shipped_labels = pd.read_csv(tmp / "out" / f"{t}_pre.csv").iloc[:, 1:].to_numpy()
-                agree = (shipped_labels.reshape(labels[t].shape) == labels[t]).mean()
+                shipped = pd.read_csv(tmp / "out-auto" / f"{t}_pre.csv").iloc[:, 1:].to_numpy()
+                agree = (shipped.reshape(labels[t].shape) == labels[t]).mean()
                 print(f"{t} labels agreeing with (a): {agree:.1%} ((a) averages logits over views, run.py probabilities)")
+        for t in TASKS:
+            same = (tmp / "out-auto" / f"{t}_pre.csv").read_bytes() == (tmp / "out-torch" / f"{t}_pre.csv").read_bytes()
+            print(f"{t}_pre.csv identical with --backend torch: {same}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"peak memory: {peak:.0f} MiB (this process), {children:.0f} MiB (largest worker)")
