@@ -76,3 +76,16 @@ def test_cli_rejects_an_unknown_key_in_the_space(tmp_path, capsys):
     space = write_space(tmp_path, {"learning_rate": {"low": 0.1, "high": 1.0}})
     assert tune_main(CLA_SPEC, ["--data", str(data), "--space", str(space), "--trials", "1"], "train_cls") == 2
     assert "unknown config key 'learning_rate'" in capsys.readouterr().err
+
+
+def test_a_value_given_on_the_command_line_is_not_searched(tmp_path):
+    data = make_cla_data(tmp_path / "data", per_class=2)
+    space = write_space(tmp_path, {**SPACE, "epochs": {"choices": [5, 6]}})
+    args = ["--data", str(data), "--space", str(space), "--trials", "1", "--epochs", "1", "--out", str(tmp_path / "o"),
+            "--backbone", TEST_BACKBONE, "--img-size", str(TEST_SIZE), "--workers", "0",
+            "--set", "pretrained=none", "--set", "n_folds=2", "--set", f"folds_dir={tmp_path / 'folds'}"]
+    assert tune_main(CLA_SPEC, args, "train_cls") == 0
+    study = optuna.load_study(study_name=f"cla-{data.name}", storage=f"sqlite:///{tmp_path / 'o/study.db'}")
+    (trial,) = study.trials
+    assert "epochs" not in trial.params and set(trial.params) == {"lr", "label_smoothing"}
+    assert build_config(CLA_SPEC.defaults, tmp_path / "o/best_config.yaml").epochs == 1

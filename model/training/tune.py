@@ -153,8 +153,11 @@ def summarise_study(study: optuna.Study, base: TrainConfig, space: dict, spec: T
 
 
 def tune(spec: TaskSpec, base: TrainConfig, trials: int, timeout: float | None, storage: str | None,
-         study_name: str | None, space_file: Path, out: Path | None = None) -> dict:
-    space = load_space(space_file)
+         study_name: str | None, space_file: Path, out: Path | None = None, pinned: set[str] = frozenset()) -> dict:
+    """Run ``trials`` trials of the study; keys in ``pinned`` (set on the command line) are not searched."""
+    space = {k: v for k, v in load_space(space_file).items() if k not in pinned}
+    if pinned & set(load_space(space_file)):
+        log.info("fixed on the command line, not searched: %s", ", ".join(sorted(pinned & set(load_space(space_file)))))
     base.dataset = base.dataset or dataset_name(base.data, spec.task)
     study_name = study_name or f"{spec.task.name}-{base.dataset}"
     out = out or PROJECT / "runs" / "tune" / study_name
@@ -200,9 +203,10 @@ def main(spec: TaskSpec, argv, prog: str) -> int:
     args = p.parse_args(argv)
     overrides = {k: getattr(args, k, None) for k in FLAG_KEYS if k not in ("out",)}
     overrides.update(parse_set(args.set))
+    pinned = {k for k, v in overrides.items() if v is not None} - {"data", "folds"}
     try:
         base = build_config(spec.defaults, args.config, overrides)
-        summary = tune(spec, base, args.trials, args.timeout, args.storage, args.study, args.space, args.out)
+        summary = tune(spec, base, args.trials, args.timeout, args.storage, args.study, args.space, args.out, pinned)
     except (DatasetError, FoldsMismatchError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=__import__("sys").stderr)
         return 2
