@@ -74,7 +74,7 @@ def run_task(task_name: str, args, device, precision, tta, problems: list[str]) 
         problems.append(note)
     prediction = predict_paths(bundle, paths, device, precision, batch_size, args.workers, tta,
                                progress=not args.quiet, channels_last=args.channels_last, engine=engine)
-    for index, reason in sorted(prediction.failed.items()):
+    for _, reason in sorted(prediction.failed.items()):
         problems.append(f"{reason} -> predicted from the class prior")
     labels = task.decide(prediction.probs, bundle.rule)
     out = args.out_dir / f"{task.name}_pre.csv"

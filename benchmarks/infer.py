@@ -145,7 +145,7 @@ def main() -> int:
         backends = ("auto", "torch") if device.type == "cpu" else ("torch",)
         if device.type == "cpu":  # the ONNX graph is exported once and cached, as on a second organiser run
             time_run_py(tmp / "weights", tmp / "test", tmp / "warm", args, "auto")
-        for repeat in range(args.repeats):
+        for _ in range(args.repeats):
             for backend in backends:
                 seconds = time_run_py(tmp / "weights", tmp / "test", tmp / f"out-{backend}", args, backend)
                 best[f"run.py --backend {backend}"] = min(best.get(f"run.py --backend {backend}", 1e9), seconds)

@@ -29,6 +29,7 @@ PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([0-9][A-Za-z0-9.+\-]*)$")
 class CheckReport:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    per_image_seconds: float | None = None  # measured in the dry run
 
     @property
     def ok(self) -> bool:

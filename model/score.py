@@ -8,13 +8,11 @@ missing, extra, duplicate and malformed rows are all reported.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from .metric import cla_score, fea_score, overall_score

@@ -14,7 +14,7 @@ from model.metric import cla_score, feature_score
 from model.tasks import CLA, FEA
 from model.training.cli import main as cli_main
 from model.training.dataset import CachedImage, box_cutmix, encode_targets
-from model.training.experiment import export, summarise, train
+from model.training.experiment import export, train
 from model.training.folds import FoldsMismatchError, load_or_make_folds
 from tests.helpers import TEST_BACKBONE, TEST_SIZE, make_cla_data, make_fea_data, make_test_folder, save_image
 from train_cls.recipe import SPEC as CLA_SPEC
