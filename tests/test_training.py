@@ -231,3 +231,19 @@ def test_training_never_asks_the_network_for_albumentations_updates():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                             cwd=os.path.dirname(os.path.dirname(__file__)))
     assert result.returncode == 0 and "network used" not in result.stderr, result.stderr
+
+
+def test_uncertainty_weighting_learns_one_weight_per_feature(tmp_path, fea_data):
+    cfg = tiny_config(FEA_SPEC, tmp_path, fea_data, folds="0", epochs=2, lr=0.05, task_weighting="uncertainty")
+    train(FEA_SPEC, cfg)
+    done = json.loads((tmp_path / "run/fold0/done.json").read_text())
+    assert len(done["log_vars"]) == 4 and any(abs(v) > 1e-3 for v in done["log_vars"])
+    loss = MaskedMultiTaskLoss(0.0, np.ones(4), 0.0, learned=True)
+    with torch.no_grad():
+        loss.log_vars.copy_(torch.tensor([0.0, 2.0, 0.0, 0.0]))
+    logits, targets = torch.zeros(2, 4), torch.ones(2, 4)
+    plain = MaskedMultiTaskLoss(0.0, np.ones(4), 0.0)(logits, targets, torch.ones(2, 4))
+    # feature 2's term shrinks by exp(-2) and pays 2/2 for it
+    expected = (3 * np.log(2) + np.exp(-2) * np.log(2) + 1.0) / 4
+    assert loss(logits, targets, torch.ones(2, 4)).item() == pytest.approx(expected, rel=1e-5)
+    assert plain.item() == pytest.approx(np.log(2), rel=1e-5)

@@ -5,6 +5,10 @@ among the training images whose label is known, scaled to mean 1. A rarer featur
 in the competition, 18-19% positive) gets more weight because its F1, 40% of its score, is the part an
 unweighted loss neglects; a balanced one (calcification, 48%) gets less. Unknown labels are masked out
 of every term.
+
+With task_weighting=uncertainty each feature also gets a learned log-variance s_j (Kendall, Gal and
+Cipolla, 2018): its term becomes exp(-s_j) * L_j + s_j / 2, so the network itself down-weights the
+features it finds noisiest. The s_j are trained with the network and saved with the resume state.
 """
 from __future__ import annotations
 
@@ -28,15 +32,19 @@ def auto_feature_weights(targets: np.ndarray, masks: np.ndarray) -> np.ndarray:
 
 
 class MaskedMultiTaskLoss(nn.Module):
-    def __init__(self, smoothing: float, feature_weights: np.ndarray, soft_f1_weight: float):
+    def __init__(self, smoothing: float, feature_weights: np.ndarray, soft_f1_weight: float,
+                 learned: bool = False):
         super().__init__()
         self.smoothing, self.soft_f1_weight = smoothing, soft_f1_weight
         self.register_buffer("weights", torch.as_tensor(feature_weights, dtype=torch.float32))
+        self.log_vars = nn.Parameter(torch.zeros(len(feature_weights))) if learned else None
 
     def forward(self, logits, targets, masks):
         smoothed = targets * (1 - self.smoothing) + self.smoothing / 2
         bce = F.binary_cross_entropy_with_logits(logits, smoothed, reduction="none") * masks
         per_feature = bce.sum(0) / masks.sum(0).clamp(min=1)
+        if self.log_vars is not None:
+            per_feature = torch.exp(-self.log_vars) * per_feature + 0.5 * self.log_vars
         loss = (self.weights * per_feature).sum() / self.weights.sum()
         if self.soft_f1_weight > 0:
             p, y = torch.sigmoid(logits) * masks, targets * masks
@@ -53,7 +61,7 @@ def make_loss(cfg: TrainConfig, targets: np.ndarray, masks: np.ndarray) -> nn.Mo
         weights = np.asarray(cfg.feature_weights, dtype=np.float64)
     else:
         raise ValueError(f"feature_weights must be 'auto' or {FEA.num_outputs} numbers ({', '.join(FEA.heads)})")
-    return MaskedMultiTaskLoss(cfg.label_smoothing, weights, cfg.soft_f1_weight)
+    return MaskedMultiTaskLoss(cfg.label_smoothing, weights, cfg.soft_f1_weight, cfg.task_weighting == "uncertainty")
 
 
 SPEC = TaskSpec(FEA, DEFAULTS, make_loss)

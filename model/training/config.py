@@ -46,9 +46,11 @@ class TrainConfig:
     imbalance: str = "weights"     # cla: none | weights | sampler | both
     feature_weights: list = field(default_factory=lambda: ["auto"])  # fea: 4 numbers, or ["auto"]
     soft_f1_weight: float = 0.0    # fea: weight of the soft-F1 auxiliary loss
+    task_weighting: str = "fixed"  # fea: fixed (feature_weights) | uncertainty (also learned, Kendall et al.)
 
 
-CHOICES = {"imbalance": ("none", "weights", "sampler", "both"), "precision": ("auto", "fp32", "bf16", "fp16")}
+CHOICES = {"imbalance": ("none", "weights", "sampler", "both"), "precision": ("auto", "fp32", "bf16", "fp16"),
+           "task_weighting": ("fixed", "uncertainty")}
 # Keys that may differ when a run folder is resumed or shared between processes.
 RUNTIME_KEYS = {"folds", "device", "workers", "out", "data", "folds_dir"}
 

@@ -105,7 +105,11 @@ def train_fold(spec: TaskSpec, cfg: TrainConfig, items: list[CachedImage], targe
     steps_per_epoch = len(train_idx) // batch_size
     val_loader = DataLoader(EvalDataset([items[i] for i in val_idx]), batch_size=cfg.batch_size * 2)
 
-    optimizer = torch.optim.AdamW(_param_groups(net, cfg.weight_decay), lr=cfg.lr)
+    groups = _param_groups(net, cfg.weight_decay)
+    loss_params = list(loss_fn.parameters())  # learned task weights, when the loss has any
+    if loss_params:
+        groups.append({"params": loss_params, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _schedule(cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)))
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -113,6 +117,7 @@ def train_fold(spec: TaskSpec, cfg: TrainConfig, items: list[CachedImage], targe
     if (fold_dir / "last.pt").is_file():
         saved = torch.load(fold_dir / "last.pt", map_location=device, weights_only=False)
         net.load_state_dict(saved["model"])
+        loss_fn.load_state_dict(saved["loss"])
         if ema is not None:
             ema.load_state_dict(saved["ema"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -151,7 +156,7 @@ def train_fold(spec: TaskSpec, cfg: TrainConfig, items: list[CachedImage], targe
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)  # the task weights stay unclipped
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
@@ -178,14 +183,16 @@ def train_fold(spec: TaskSpec, cfg: TrainConfig, items: list[CachedImage], targe
                 np.save(f, probs)
         state["epoch"] = epoch + 1
         with atomic_path(fold_dir / "last.pt") as tmp:
-            torch.save({"model": net.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+            torch.save({"model": net.state_dict(), "loss": loss_fn.state_dict(),
+                        "ema": ema.state_dict() if ema is not None else None,
                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "scaler": scaler.state_dict(), "state": state}, tmp)
         write_json(fold_dir / "history.json", state["history"])
         if report is not None:
             report(epoch, score)
 
-    summary = {"fold": fold, "best_epoch": state["best_epoch"], "score": state["best_score"],
+    learned = {k: v.tolist() for k, v in loss_fn.state_dict().items() if k == "log_vars"}
+    summary = {"fold": fold, "best_epoch": state["best_epoch"], "score": state["best_score"], **learned,
                "epochs_run": state["epoch"], "n_val": int(len(val_idx)), "precision": precision,
                "seconds_per_epoch": float(np.mean([h["seconds"] for h in state["history"]])) if state["history"] else None}
     write_json(fold_dir / "done.json", summary)
