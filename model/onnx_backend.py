@@ -91,17 +91,19 @@ def onnx_ensemble(bundle: Bundle, threads: int) -> OnnxEnsemble:
 def select_engine(bundle: Bundle, backend: str, device: torch.device, channels_last: bool = True):
     """What runs the forward pass: ONNX Runtime on CPU when asked or available, else the PyTorch ensemble.
 
-    Returns (engine, note); the note says why PyTorch was used when ONNX was wanted.
+    Returns (engine, note); the note says why PyTorch was used when ONNX was wanted. The PyTorch
+    ensemble's memory layout is set here, after any export (which needs the contiguous layout).
     """
-    torch_engine = bundle.ensemble.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    if backend == "torch" or (backend == "auto" and device.type != "cpu"):
-        return torch_engine, None
-    if device.type != "cpu":
-        return torch_engine, "ONNX Runtime backend is for CPU; using PyTorch on " + str(device)
-    reason = unavailable_reason()
-    if reason is None:
-        try:
-            return onnx_ensemble(bundle, torch.get_num_threads()), None
-        except Exception as e:  # any export or runtime failure: PyTorch gives the same answers, slower
-            reason = f"export failed ({type(e).__name__}: {e})"
-    return torch_engine, f"ONNX Runtime not used for {bundle.task.name}: {reason}; falling back to PyTorch"
+    note = None
+    if device.type == "cpu" and backend != "torch":
+        reason = unavailable_reason()
+        if reason is None:
+            try:
+                return onnx_ensemble(bundle, torch.get_num_threads()), None
+            except Exception as e:  # any export or runtime failure: PyTorch gives the same answers, slower
+                reason = f"export failed ({type(e).__name__}: {e})"
+        note = f"ONNX Runtime not used for {bundle.task.name}: {reason}; falling back to PyTorch"
+    elif backend == "onnx":
+        note = f"ONNX Runtime backend is for CPU; using PyTorch on {device}"
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return bundle.ensemble.to(memory_format=layout), note

@@ -22,6 +22,7 @@ from .atomic import write_text
 from .bundle import Bundle
 from .device import autocast
 from .images import ImageReadError, is_image_file, load_rgb, prepare
+from .onnx_backend import select_engine
 
 log = logging.getLogger(__name__)
 ID_COLUMNS = ("id", "img_name")
@@ -113,7 +114,7 @@ def predict_paths(bundle: Bundle, paths: list[Path], device: torch.device, preci
                   channels_last: bool = True, engine=None) -> Prediction:
     """Averaged probabilities for ``paths``.
 
-    ``engine`` runs the forward pass (default: the bundle's PyTorch ensemble; see
+    ``engine`` runs the forward pass (default: the bundle's PyTorch ensemble in the chosen layout; see
     model.onnx_backend.select_engine). channels_last is faster on CPU (oneDNN) and CUDA alike and
     changes probabilities only by float rounding (a test holds it under 1e-5)."""
     loader = DataLoader(_Decoded(paths, bundle.img_size), batch_size=batch_size, num_workers=workers,
@@ -122,7 +123,7 @@ def predict_paths(bundle: Bundle, paths: list[Path], device: torch.device, preci
     probs, failed, start = [], {}, 0
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     if engine is None:
-        engine = bundle.ensemble.to(memory_format=memory_format)
+        engine, _ = select_engine(bundle, "torch", device, channels_last)
     with torch.inference_mode(), tqdm(total=len(paths), desc=bundle.task.name, unit="img",
                                       disable=not progress, leave=False) as bar:
         for images, errors in loader:

@@ -79,8 +79,8 @@ def assign_folds(spec: TaskSpec, cfg: TrainConfig, samples, run_dir: Path) -> np
     fold_ids = load_or_make_folds(spec.task, samples, cfg.dataset, cfg.n_folds, cfg.seed,
                                   Path(cfg.folds_dir) if cfg.folds_dir else FOLDS_DIR)
     frame = pd.DataFrame({"key": [s.key for s in samples], "fold": fold_ids})
-    for j, head in enumerate(spec.task.heads if spec.task.multilabel else ("label",)):
-        frame[head] = [s.labels[j] for s in samples]
+    for j, column in enumerate(spec.task.label_columns):
+        frame[column] = [s.labels[j] for s in samples]
     with atomic_path(run_dir / "samples.csv") as tmp:
         frame.to_csv(tmp, index=False)
     return fold_ids
@@ -109,7 +109,8 @@ def train(spec: TaskSpec, cfg: TrainConfig, report=None) -> dict:
 
 
 def _labels_of(spec: TaskSpec, frame: pd.DataFrame) -> np.ndarray:
-    return frame[list(spec.task.heads)].to_numpy() if spec.task.multilabel else frame["label"].to_numpy()
+    labels = frame[list(spec.task.label_columns)].to_numpy()
+    return labels if spec.task.multilabel else labels[:, 0]
 
 
 def summarise(spec: TaskSpec, run_dir: str | Path) -> dict:

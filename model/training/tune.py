@@ -155,9 +155,10 @@ def summarise_study(study: optuna.Study, base: TrainConfig, space: dict, spec: T
 def tune(spec: TaskSpec, base: TrainConfig, trials: int, timeout: float | None, storage: str | None,
          study_name: str | None, space_file: Path, out: Path | None = None, pinned: set[str] = frozenset()) -> dict:
     """Run ``trials`` trials of the study; keys in ``pinned`` (set on the command line) are not searched."""
-    space = {k: v for k, v in load_space(space_file).items() if k not in pinned}
-    if pinned & set(load_space(space_file)):
-        log.info("fixed on the command line, not searched: %s", ", ".join(sorted(pinned & set(load_space(space_file)))))
+    full_space = load_space(space_file)
+    space = {k: v for k, v in full_space.items() if k not in pinned}
+    if pinned & set(full_space):
+        log.info("fixed on the command line, not searched: %s", ", ".join(sorted(pinned & set(full_space))))
     base.dataset = base.dataset or dataset_name(base.data, spec.task)
     study_name = study_name or f"{spec.task.name}-{base.dataset}"
     out = out or PROJECT / "runs" / "tune" / study_name
