@@ -88,11 +88,11 @@ def compute_limit(weights: Path, test_dir: Path, device: torch.device, batch_siz
     """Seconds for the batched ensemble forward alone (``backend`` torch or onnx), on tensors decoded and
     resized beforehand, at the fastest of ``batch_sizes``: (seconds, batch size)."""
     tta = make_tta("hflip")
-    bundles = {name: select_engine(load_bundle(weights / name, device), backend, device)[0] for name in TASKS}
-    images = {}
+    bundles, images = {}, {}
     for name in TASKS:
-        size = load_bundle(weights / name).img_size
-        arrays = [prepare(load_rgb(i.path), size) for i in list_test_images(test_dir / name).images]
+        bundle = load_bundle(weights / name, device)
+        bundles[name] = select_engine(bundle, backend, device)[0]
+        arrays = [prepare(load_rgb(i.path), bundle.img_size) for i in list_test_images(test_dir / name).images]
         images[name] = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(device)
     best = None
     for batch_size in batch_sizes:
