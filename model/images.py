@@ -48,7 +48,9 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
         rgba = im.convert("RGBA")
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         im = Image.alpha_composite(black, rgba)
-    return np.array(im.convert("RGB"), dtype=np.uint8)  # a writable copy
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return np.array(im, dtype=np.uint8)  # a writable copy (converting an RGB image would copy it twice)
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
@@ -56,7 +58,7 @@ def load_rgb(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            im = ImageOps.exif_transpose(im)
+            ImageOps.exif_transpose(im, in_place=True)  # in place: no copy when there is nothing to turn
             rgb = _to_rgb(im)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageReadError(f"{path}: cannot decode this image ({e}). Re-export it as PNG or JPEG, "

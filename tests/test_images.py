@@ -74,3 +74,17 @@ def test_border_crop_leaves_dark_images_alone():
 def test_boxes_follow_the_crop():
     boxes = boxes_after_crop([(0.5, 0.5, 0.2, 0.2)], crop=(10, 0, 90, 100), shape=(100, 100))
     np.testing.assert_allclose(boxes, [[0.375, 0.4, 0.625, 0.6]], atol=1e-6)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    pixels = np.zeros((20, 40, 3), dtype=np.uint8)
+    pixels[:, :20] = 200  # bright left half
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    Image.fromarray(pixels).save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    Image.fromarray(pixels).save(tmp_path / "plain.png")
+    turned = load_rgb(tmp_path / "turned.jpg")
+    assert turned.shape == (40, 20, 3) and turned[:20].mean() > 150 > turned[20:].mean()  # left half now on top
+    plain = load_rgb(tmp_path / "plain.png")
+    np.testing.assert_array_equal(plain, pixels)
+    assert plain.flags.writeable
