@@ -12,6 +12,7 @@ import json
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +88,12 @@ class FoldEnsemble(nn.Module):
         self.nets = nn.ModuleList(nets)
         self.multilabel = multilabel
         self.norm = InputNorm(mean, std)
+        self.input_format = torch.contiguous_format  # the layout predict() wants; see set_layout
+
+    def set_layout(self, memory_format: torch.memory_format) -> "FoldEnsemble":
+        """Weights and expected inputs in ``memory_format`` (channels_last is faster on CPU and CUDA)."""
+        self.input_format = memory_format
+        return self.to(memory_format=memory_format)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.norm(images)
@@ -112,10 +119,19 @@ def make_tta(names: str) -> ttach.Compose | None:
 
 @dataclass
 class Bundle:
+    """A verified bundle. The fold networks are read on first use of ``ensemble``: a run served by the
+    cached ONNX graph never builds them."""
+
     task: Task
     folder: Path
     manifest: dict
-    ensemble: FoldEnsemble
+    device: torch.device
+
+    @cached_property
+    def ensemble(self) -> FoldEnsemble:
+        nets = [network_from_checkpoint(load_checkpoint(self.folder / e["file"])) for e in self.manifest["folds"]]
+        ensemble = FoldEnsemble(nets, self.manifest["mean"], self.manifest["std"], self.task.multilabel)
+        return ensemble.to(self.device).eval()
 
     @property
     def img_size(self) -> int:
@@ -159,12 +175,16 @@ def verify_bundle(folder: str | Path) -> dict:
     return manifest
 
 
-def load_bundle(folder: str | Path, device: torch.device | str = "cpu") -> Bundle:
+def load_bundle(folder: str | Path, device: torch.device | str = "cpu", lazy: bool = False) -> Bundle:
+    """Verify the bundle in ``folder``; read its fold networks now, or on first use when ``lazy``."""
     folder = Path(folder)
     manifest = verify_bundle(folder)
-    nets = [network_from_checkpoint(load_checkpoint(folder / e["file"])) for e in manifest["folds"]]
-    ensemble = FoldEnsemble(nets, manifest["mean"], manifest["std"], TASKS[manifest["task"]].multilabel)
-    return Bundle(TASKS[manifest["task"]], folder, manifest, ensemble.to(device).eval())
+    if manifest.get("task") not in TASKS:
+        raise BundleError(f"{folder / MANIFEST}: unknown task {manifest.get('task')!r}; expected one of {sorted(TASKS)}")
+    bundle = Bundle(TASKS[manifest["task"]], folder, manifest, torch.device(device))
+    if not lazy:
+        bundle.ensemble  # noqa: B018  (reads the checkpoints, so a broken one is reported here)
+    return bundle
 
 
 def export_bundle(folder: str | Path, checkpoints: list[dict], manifest: dict) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import timm
 import torch
 from torch import nn
 
@@ -36,6 +35,7 @@ class InputNorm(nn.Module):
 
 
 def create_network(backbone: str, num_outputs: int, pretrained: str = "none", drop_rate: float = 0.0) -> nn.Module:
+    import timm  # here, not at the top: 2 s of imports (torchvision) that run.py on a cached ONNX graph never needs
     try:
         net = timm.create_model(backbone, pretrained=pretrained == "hub", num_classes=num_outputs,
                                 drop_rate=drop_rate)
@@ -63,6 +63,7 @@ def _init_head(net: nn.Module) -> None:
 
 def normalisation(backbone: str) -> tuple[list[float], list[float]]:
     """The input mean and std (0..1 scale) that the backbone's pretrained weights expect."""
+    import timm
     cfg = timm.get_pretrained_cfg(backbone)
     if cfg is None:
         return [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
