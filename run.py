@@ -34,13 +34,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto = fp16 on CUDA, fp32 on CPU")
     p.add_argument("--batch-size", type=int, default=0,
-                   help="images per forward; 0 = auto (about 4 images x TTA views on CPU, where small batches "
-                        "stay in cache and run fastest; 32 on CUDA)")
+                   help="images per forward; 0 = auto (on CPU small batches stay in cache and run fastest: "
+                        "1 image per ONNX Runtime stream, 4 views for PyTorch; 32 on CUDA)")
     p.add_argument("--tta", default="hflip", help="none, hflip or a comma list (hflip,multiply); default hflip")
     p.add_argument("--id-column", default="id", choices=ID_COLUMNS,
                    help="first CSV column: the number in the file name (id) or the file name (img_name)")
     p.add_argument("--workers", type=int, default=min(4, max(0, (os.cpu_count() or 1) - 1)),
-                   help="image decoding processes (default: cores - 1, at most 4)")
+                   help="image decoding threads (default: cores - 1, at most 4)")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
                    help="forward pass: auto = ONNX Runtime on CPU when installed (faster, same answers), "
                         "PyTorch otherwise and on CUDA")
@@ -63,13 +63,13 @@ def run_task(task_name: str, args, device, precision, tta, problems: list[str]) 
     listing = list_test_images(folder)
     problems.extend(listing.problems)
     try:
-        bundle = load_bundle(args.weights / task.name, device)
+        bundle = load_bundle(args.weights / task.name, device, lazy=True)
+        engine, note = select_engine(bundle, args.backend, device, args.channels_last, precision)
     except BundleError as e:
         problems.append(f"{task.name}: {e}")
         return None
     paths = [image.path for image in listing.images]
-    batch_size = args.batch_size or auto_batch_size(device, tta)
-    engine, note = select_engine(bundle, args.backend, device, args.channels_last)
+    batch_size = args.batch_size or auto_batch_size(device, tta, engine)
     if note:
         problems.append(note)
     prediction = predict_paths(bundle, paths, device, precision, batch_size, args.workers, tta,
@@ -92,8 +92,8 @@ def main(argv=None) -> int:
         return 2
     if args.check:
         from model.check import check_submission, print_report
-        report = check_submission(PROJECT, args.weights, args.images,
-                                  run_args=("--device", args.device, "--tta", args.tta, "--workers", str(args.workers)))
+        report = check_submission(PROJECT, args.weights, args.images, device=args.device, tta=args.tta,
+                                  workers=args.workers)
         print_report(report)
         return 0 if report.ok else 1
     if not args.test_dir.is_dir():

@@ -5,19 +5,22 @@
 A generated test folder (mixed png/jpg, 500-1200 px) per task and random-init bundles in the real
 format (tf_efficientnet_lite0, --folds per task, hflip TTA) are timed three ways:
 
-  run.py  the shipped path (python run.py on the folder, bundle loading included), with its default
-          backend (ONNX Runtime on CPU, graph cached as after a first run) and with --backend torch
+  run.py  the shipped path (run.main in this process, bundle loading included), with its default backend
+          (ONNX Runtime on CPU, graph cached as after a first run) and with --backend torch
   (a)     what most entries do: per image, PIL decode, then ttach.ClassificationTTAWrapper around each
           fold model, one forward per view
-  (b)     the compute limit: the same ensemble's batched forward on tensors already decoded and resized
+  (b)     the compute limit: the same engine's batched forward, run as run.py runs it (ONNX Runtime:
+          one stream per core), on tensors already decoded and resized, at its fastest batch size
 
 Each is repeated, interleaved, and the best time counts (this machine is noisy). Prints images per
-second, the ratios to (a) and (b), peak memory, and whether the paths predict the same labels.
+second, the ratios to (a) and (b), whether the paths predict the same labels, and finally `python run.py`
+in a fresh process (imports included) with its peak memory.
 """
 from __future__ import annotations
 
 import argparse
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,10 +36,11 @@ import ttach  # noqa: E402
 
 import run  # noqa: E402
 from model.bundle import export_bundle, load_bundle, make_tta  # noqa: E402
+from model.device import resolve_precision  # noqa: E402
 from model.images import load_rgb, prepare  # noqa: E402
 from model.network import create_network, normalisation  # noqa: E402
 from model.onnx_backend import select_engine  # noqa: E402
-from model.predict import list_test_images  # noqa: E402
+from model.predict import forward_batches, list_test_images  # noqa: E402
 from model.synthetic import fake_ultrasound, save_image  # noqa: E402
 from model.tasks import TASKS  # noqa: E402
 
@@ -85,27 +89,30 @@ def naive(weights: Path, test_dir: Path, device: torch.device) -> dict[str, np.n
 
 
 def compute_limit(weights: Path, test_dir: Path, device: torch.device, batch_sizes, backend: str) -> tuple[float, int]:
-    """Seconds for the batched ensemble forward alone (``backend`` torch or onnx), on tensors decoded and
-    resized beforehand, at the fastest of ``batch_sizes``: (seconds, batch size)."""
+    """Seconds for the batched ensemble forward alone (``backend`` torch or onnx, run as run.py runs it:
+    ONNX Runtime with one stream per core), on tensors decoded and resized beforehand, at the fastest of
+    ``batch_sizes``: (seconds, batch size)."""
     tta = make_tta("hflip")
-    bundles, images = {}, {}
+    precision = resolve_precision(device)  # fp16 autocast on CUDA, as run.py; fp32 on CPU
+    engines, images = {}, {}
     for name in TASKS:
-        bundle = load_bundle(weights / name, device)
-        bundles[name] = select_engine(bundle, backend, device)[0]
+        bundle = load_bundle(weights / name, device, lazy=True)
+        engines[name] = select_engine(bundle, backend, device)[0]
         arrays = [prepare(load_rgb(i.path), bundle.img_size) for i in list_test_images(test_dir / name).images]
-        images[name] = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(device)
+        images[name] = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(
+            memory_format=engines[name].input_format).to(device)
     best = None
     for batch_size in batch_sizes:
         total = 0.0
-        for name, ensemble in bundles.items():
+        for name, engine in engines.items():
+            batches = [(images[name][i:i + batch_size], ()) for i in range(0, len(images[name]), batch_size)]
             with torch.inference_mode():
-                ensemble.predict(images[name][:batch_size].contiguous(memory_format=torch.channels_last), tta)
+                list(forward_batches(engine, batches[:1], tta, device, precision))  # warm-up
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 started = time.perf_counter()
-                for i in range(0, len(images[name]), batch_size):
-                    batch = images[name][i:i + batch_size].contiguous(memory_format=torch.channels_last)
-                    ensemble.predict(batch, tta)
+                for probs, _ in forward_batches(engine, batches, tta, device, precision):
+                    probs.cpu()
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 total += time.perf_counter() - started
@@ -174,17 +181,24 @@ def main() -> int:
             if naive_time:
                 line += f", {naive_time / seconds:.1f}x faster than (a)"
             print(line)
+        first = tmp / f"out-{backends[0]}"
         if not args.skip_naive:
             for t in TASKS:
-                shipped = pd.read_csv(tmp / "out-auto" / f"{t}_pre.csv").iloc[:, 1:].to_numpy()
+                shipped = pd.read_csv(first / f"{t}_pre.csv").iloc[:, 1:].to_numpy()
                 agree = (shipped.reshape(labels[t].shape) == labels[t]).mean()
                 print(f"{t} labels agreeing with (a): {agree:.1%} ((a) averages logits over views, run.py probabilities)")
         for t in TASKS:
-            same = (tmp / "out-auto" / f"{t}_pre.csv").read_bytes() == (tmp / "out-torch" / f"{t}_pre.csv").read_bytes()
-            print(f"{t}_pre.csv identical with --backend torch: {same}")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"peak memory: {peak:.0f} MiB (this process), {children:.0f} MiB (largest worker)")
+            if len(backends) > 1:
+                same = (first / f"{t}_pre.csv").read_bytes() == (tmp / "out-torch" / f"{t}_pre.csv").read_bytes()
+                print(f"{t}_pre.csv identical with --backend torch: {same}")
+        # As the organiser runs it: a fresh interpreter, imports and bundle loading included.
+        started = time.perf_counter()
+        subprocess.run([sys.executable, str(PROJECT / "run.py"), "--weights", str(tmp / "weights"), "--test-dir",
+                        str(tmp / "test"), "--out-dir", str(tmp / "out-cli"), "--device", args.device, "--quiet"],
+                       check=True, stdout=subprocess.DEVNULL)
+        cli = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"python run.py in a fresh process: {cli:.1f}s  {n / cli:.2f} img/s (imports included), peak memory {peak:.0f} MiB")
     return 0
 
 

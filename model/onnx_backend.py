@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_path
-from .bundle import MANIFEST, Bundle
+from .bundle import MANIFEST, Bundle, BundleError
 
 log = logging.getLogger(__name__)
 OPSET = 17
@@ -40,11 +40,18 @@ class OnnxEnsemble:
     """The same ``predict(images, tta)`` as FoldEnsemble, run by ONNX Runtime."""
 
     name = "onnxruntime"
+    input_format = torch.contiguous_format  # NCHW: other layouts would be copied back before every run
 
     def __init__(self, model_bytes: bytes, threads: int):
         import onnxruntime as ort
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
+        # ``threads`` single-threaded streams, each running its own batch (the session is thread-safe),
+        # rather than one batch at a time on an intra-op pool: no barrier per operator and no spinning
+        # pool threads starving the decode worker. On the 2-core dev CPU run.py took 12.8 s instead of
+        # 13.8 s (pool, spinning off) and 17 s (pool, spinning on); see benchmarks/infer.py.
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        self.streams = max(1, threads)
         self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
     def predict(self, images: torch.Tensor, tta=None) -> torch.Tensor:
@@ -72,38 +79,46 @@ def export_ensemble(bundle: Bundle) -> bytes:
 
 
 def onnx_ensemble(bundle: Bundle, threads: int) -> OnnxEnsemble:
-    """Load the cached graph for ``bundle`` or export it (and try to cache it)."""
+    """Load the cached graph for ``bundle`` or export it (and try to cache it). A cached graph that ONNX
+    Runtime cannot load (a truncated file, say) is exported again."""
     path = bundle.folder / CACHE / f"ensemble-{_cache_key(bundle)}.onnx"
     if path.is_file():
-        data = path.read_bytes()
-    else:
-        data = export_ensemble(bundle)
         try:
-            for stale in path.parent.glob("ensemble-*.onnx"):
-                stale.unlink()
-            with atomic_path(path) as tmp:
-                Path(tmp).write_bytes(data)
-        except OSError as e:
-            log.info("ONNX graph not cached (%s); it is exported again on the next run", e)
+            return OnnxEnsemble(path.read_bytes(), threads)
+        except Exception as e:  # noqa: BLE001  (ONNX Runtime raises its own exception types)
+            log.warning("%s: cached ONNX graph unusable (%s); exporting it again", path, e)
+    data = export_ensemble(bundle)
+    try:
+        for stale in path.parent.glob("ensemble-*.onnx"):
+            stale.unlink()
+        with atomic_path(path) as tmp:
+            Path(tmp).write_bytes(data)
+    except OSError as e:
+        log.info("ONNX graph not cached (%s); it is exported again on the next run", e)
     return OnnxEnsemble(data, threads)
 
 
-def select_engine(bundle: Bundle, backend: str, device: torch.device, channels_last: bool = True):
-    """What runs the forward pass: ONNX Runtime on CPU when asked or available, else the PyTorch ensemble.
+def select_engine(bundle: Bundle, backend: str, device: torch.device, channels_last: bool = True,
+                  precision: str = "fp32"):
+    """What runs the forward pass: ONNX Runtime for fp32 on CPU when asked or available, else the PyTorch
+    ensemble (the only one with bf16/fp16 autocast).
 
     Returns (engine, note); the note says why PyTorch was used when ONNX was wanted. The PyTorch
-    ensemble's memory layout is set here, after any export (which needs the contiguous layout).
+    ensemble's memory layout is set here, after any export (which needs the contiguous layout). A bundle
+    whose checkpoints cannot be read raises BundleError.
     """
     note = None
-    if device.type == "cpu" and backend != "torch":
+    if device.type == "cpu" and backend != "torch" and precision == "fp32":
         reason = unavailable_reason()
         if reason is None:
             try:
                 return onnx_ensemble(bundle, torch.get_num_threads()), None
+            except BundleError:
+                raise
             except Exception as e:  # any export or runtime failure: PyTorch gives the same answers, slower
                 reason = f"export failed ({type(e).__name__}: {e})"
         note = f"ONNX Runtime not used for {bundle.task.name}: {reason}; falling back to PyTorch"
     elif backend == "onnx":
-        note = f"ONNX Runtime backend is for CPU; using PyTorch on {device}"
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    return bundle.ensemble.to(memory_format=layout), note
+        note = (f"ONNX Runtime backend is for CPU; using PyTorch on {device}" if device.type != "cpu"
+                else f"ONNX Runtime backend runs fp32 only; using PyTorch for {precision}")
+    return bundle.ensemble.set_layout(torch.channels_last if channels_last else torch.contiguous_format), note

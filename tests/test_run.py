@@ -1,3 +1,4 @@
+import json
 import shutil
 import subprocess
 import sys
@@ -5,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 import run
-from model.bundle import load_bundle, make_tta
+from model.bundle import load_bundle, make_tta, sha256
 from model.predict import predict_paths
 from tests.helpers import fake_ultrasound, make_test_folder, save_image
 
@@ -125,3 +127,17 @@ def test_workers_do_not_change_predictions(tmp_path, weights):
               "--quiet", "--workers", "2"])
     for name in ("cla_pre.csv", "fea_pre.csv"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_unreadable_checkpoint_fails_that_task_only(tmp_path, weights, capsys, backend):
+    shutil.copytree(weights, tmp_path / "w", ignore=shutil.ignore_patterns(".onnx-cache"))
+    fold = tmp_path / "w/cla/fold0.pt"
+    fold.write_bytes(b"not a checkpoint")
+    manifest = json.loads((tmp_path / "w/cla/manifest.json").read_text())
+    manifest["folds"][0]["sha256"] = sha256(fold)  # the checksum matches: only loading can tell
+    (tmp_path / "w/cla/manifest.json").write_text(json.dumps(manifest))
+    test_dir = make_test_folder(tmp_path / "testB", n=2)
+    assert run_main(tmp_path / "w", test_dir, tmp_path / "out", "--backend", backend) == 1
+    assert (tmp_path / "out/fea_pre.csv").is_file() and not (tmp_path / "out/cla_pre.csv").exists()
+    assert f"{fold}: cannot read this checkpoint" in capsys.readouterr().err
