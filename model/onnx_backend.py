@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -78,6 +79,20 @@ def export_ensemble(bundle: Bundle) -> bytes:
     return buffer.getvalue()
 
 
+def optimise_graph(model_bytes: bytes) -> bytes:
+    """The graph after ONNX Runtime's CPU-independent passes (constant folding, Conv+BN+activation
+    fusion), so every later session starts from it: 0.25 s instead of 0.37 s per 5-fold lite0 ensemble.
+    The layout pass, specific to the CPU's vector width, still runs when each session starts, so a cached
+    graph stays valid when the folder moves to another machine."""
+    import onnxruntime as ort
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(Path(tmp) / "optimised.onnx")
+        ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        return Path(options.optimized_model_filepath).read_bytes()
+
+
 def onnx_ensemble(bundle: Bundle, threads: int) -> OnnxEnsemble:
     """Load the cached graph for ``bundle`` or export it (and try to cache it). A cached graph that ONNX
     Runtime cannot load (a truncated file, say) is exported again."""
@@ -87,7 +102,7 @@ def onnx_ensemble(bundle: Bundle, threads: int) -> OnnxEnsemble:
             return OnnxEnsemble(path.read_bytes(), threads)
         except Exception as e:  # noqa: BLE001  (ONNX Runtime raises its own exception types)
             log.warning("%s: cached ONNX graph unusable (%s); exporting it again", path, e)
-    data = export_ensemble(bundle)
+    data = optimise_graph(export_ensemble(bundle))
     try:
         for stale in path.parent.glob("ensemble-*.onnx"):
             stale.unlink()
