@@ -127,8 +127,9 @@ def auto_batch_size(device: torch.device, tta=None, engine=None) -> int:
     image's views per run on each single-threaded ONNX Runtime stream (run.py 11.8 s vs 12.9 s at 2)."""
     if device.type == "cuda":
         return 32
-    views = 1 if getattr(engine, "streams", 1) > 1 else 4
-    return max(1, views // (len(tta) if tta is not None else 1))
+    if getattr(engine, "streams", 1) > 1:
+        return 1
+    return max(1, 4 // (len(tta) if tta is not None else 1))
 
 
 def forward_batches(engine, batches: Iterable, tta, device: torch.device, precision: str) -> Iterator:
