@@ -193,9 +193,11 @@ def main() -> int:
                 print(f"{t}_pre.csv identical with --backend torch: {same}")
         # As the organiser runs it: a fresh interpreter, imports and bundle loading included. The child
         # reports its own peak, VmHWM (ru_maxrss would keep this big process's mark across the fork and exec).
-        wrapper = ("import re, runpy, sys; sys.argv = sys.argv[1:]\n"
+        wrapper = ("import os, re, runpy, sys; sys.argv = sys.argv[1:]\n"
                    "try: runpy.run_path(sys.argv[0], run_name='__main__')\n"
-                   "finally: print('peak', *re.findall(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()))")
+                   "finally:\n"
+                   "    if os.path.exists('/proc/self/status'):\n"
+                   "        print('peak', *re.findall(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()))")
         started = time.perf_counter()
         result = subprocess.run([sys.executable, "-c", wrapper, str(PROJECT / "run.py"), "--weights", str(tmp / "weights"),
                                  "--test-dir", str(tmp / "test"), "--out-dir", str(tmp / "out-cli"), "--device",
