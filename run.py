@@ -1,8 +1,8 @@
-"""Write cla_pre.csv and fea_pre.csv for the test set: ``python run.py``.
+"""Write one prediction CSV per bundle for the test set: ``python run.py``.
 
-With no arguments this does the organiser's job: it reads ../testB/cla and ../testB/fea (relative to this
-project folder, wherever it is started from), predicts with the frozen bundles in model/weights/ and writes
-both CSVs into this folder. ``python run.py --help`` lists the options.
+With no arguments this does the organiser's job: every bundle in model/weights/ (for BI-RADS: cla and fea)
+reads its folder of ../testB (relative to this project folder, wherever it is started from) and writes its
+CSV (cla_pre.csv, fea_pre.csv) into this folder. ``python run.py --help`` lists the options.
 """
 from __future__ import annotations
 
@@ -10,36 +10,59 @@ import argparse
 import logging
 import os
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent
 sys.path.insert(0, str(PROJECT))
 
-from model.bundle import WEIGHTS_DIR, BundleError, load_bundle, make_tta  # noqa: E402
-from model.device import PRECISIONS, resolve_device, resolve_precision  # noqa: E402
-from model.predict import ID_COLUMNS, auto_batch_size, list_test_images, predict_paths, write_predictions  # noqa: E402
-from model.onnx_backend import select_engine  # noqa: E402
-from model.tasks import TASKS  # noqa: E402
+from model.bundle import WEIGHTS_DIR, make_tta  # noqa: E402
+from model.cli import guarded  # noqa: E402
+from model.device import PRECISIONS, DeviceError, resolve_device  # noqa: E402
+from model.runner import RunOptions, run  # noqa: E402
+from model.task import ID_MODES  # noqa: E402
+
+ID_COLUMNS = {header: mode for mode, header in ID_MODES.items()}  # --id-column id|img_name -> number|filename
+
+
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+    return parse
+
+
+def _tta(text: str):
+    try:
+        make_tta(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--test-dir", type=Path, default=PROJECT.parent / "testB",
-                   help="folder holding cla/ and fea/ (default: ../testB beside the project)")
+                   help="the test folder; each task reads its own subfolder of it (default: ../testB beside the project)")
     p.add_argument("--out-dir", type=Path, default=PROJECT, help="where the CSVs go (default: the project folder)")
-    p.add_argument("--weights", type=Path, default=WEIGHTS_DIR, help="folder with the cla/ and fea/ bundles")
-    p.add_argument("--tasks", default="cla,fea", help="which tasks to run (default: cla,fea)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="auto = fp16 on CUDA, fp32 on CPU")
-    p.add_argument("--batch-size", type=int, default=0,
+    p.add_argument("--weights", type=Path, default=WEIGHTS_DIR,
+                   help="a bundle folder, or a folder of bundles (default: model/weights)")
+    p.add_argument("--tasks", help="comma list of the tasks to run (default: every bundle)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto = fp16 on CUDA, fp32 on CPU")
+    p.add_argument("--batch-size", type=_count(0), default=0,
                    help="images per forward; 0 = auto (on CPU small batches stay in cache and run fastest: "
                         "1 image per ONNX Runtime stream, 4 views for PyTorch; 32 on CUDA)")
-    p.add_argument("--tta", default="hflip", help="none, hflip or a comma list (hflip,multiply); default hflip")
-    p.add_argument("--id-column", default="id", choices=ID_COLUMNS,
-                   help="first CSV column: the number in the file name (id) or the file name (img_name)")
-    p.add_argument("--workers", type=int, default=min(4, max(0, (os.cpu_count() or 1) - 1)),
+    p.add_argument("--tta", type=_tta, default="hflip", help="none, hflip or a comma list (hflip,multiply); default hflip")
+    p.add_argument("--id-column", choices=tuple(ID_COLUMNS),
+                   help="first CSV column: the number in the file name (id) or the file name (img_name); "
+                        "default: each task's own")
+    p.add_argument("--workers", type=_count(0), default=min(4, max(0, (os.cpu_count() or 1) - 1)),
                    help="image decoding threads (default: cores - 1, at most 4)")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
                    help="forward pass: auto = ONNX Runtime on CPU when installed (faster, same answers), "
@@ -49,76 +72,67 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--check", action="store_true",
                    help="pre-flight check of this folder (environment, bundles, dry run, timing) instead of predicting")
-    p.add_argument("--images", type=int, default=1700, help="with --check: estimate the run time for this many images")
+    p.add_argument("--images", type=_count(1), default=1700, help="with --check: estimate the run time for this many images")
+    p.add_argument("--debug", action="store_true", help="show a traceback instead of a one-line error")
     return p
 
 
-def run_task(task_name: str, args, device, precision, tta, problems: list[str]) -> int | None:
-    """Predict one task's folder and write its CSV; return the image count, None if nothing was written."""
-    task = TASKS[task_name]
-    folder = args.test_dir / task.name
-    if not folder.is_dir():
-        problems.append(f"{folder}: folder not found, so {task.name}_pre.csv was not written")
-        return None
-    listing = list_test_images(folder)
-    problems.extend(listing.problems)
+def writable_folder(folder: Path) -> str | None:
+    """None when CSVs can be written into ``folder`` (made if missing), else why not."""
+    if folder.exists() and not folder.is_dir():
+        return f"--out-dir {folder} is a file, not a folder"
     try:
-        bundle = load_bundle(args.weights / task.name, device, lazy=True)
-        engine, note = select_engine(bundle, args.backend, device, args.channels_last, precision)
-    except BundleError as e:
-        problems.append(f"{task.name}: {e}")
-        return None
-    paths = [image.path for image in listing.images]
-    batch_size = args.batch_size or auto_batch_size(device, tta, engine)
-    if note:
-        problems.append(note)
-    prediction = predict_paths(bundle, paths, device, precision, batch_size, args.workers, tta,
-                               progress=not args.quiet, channels_last=args.channels_last, engine=engine)
-    for _, reason in sorted(prediction.failed.items()):
-        problems.append(f"{reason} -> predicted from the class prior")
-    labels = task.decide(prediction.probs, bundle.rule)
-    out = args.out_dir / f"{task.name}_pre.csv"
-    write_predictions(out, task.label_columns, listing.images, labels, args.id_column)
-    print(f"{task.name}: {len(paths)} images -> {out} ({engine.name})")
-    return len(paths)
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        return f"--out-dir {folder}: cannot write there ({e.strerror or e}); choose a writable folder"
+    return None
 
 
 def main(argv=None) -> int:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    unknown = [t for t in args.tasks.split(",") if t.strip() and t.strip() not in TASKS]
-    if unknown:
-        print(f"error: unknown task(s) {unknown} in --tasks; use cla, fea or cla,fea", file=sys.stderr)
-        return 2
+    try:
+        resolve_device(args.device)
+    except DeviceError as e:
+        parser.error(str(e))
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    options = RunOptions(args.test_dir, args.out_dir, args.weights, tasks, args.device, args.precision,
+                         args.batch_size, make_tta(args.tta), ID_COLUMNS.get(args.id_column), args.workers,
+                         args.backend, args.channels_last, progress=not args.quiet)
     if args.check:
         from model.check import check_submission, print_report
-        report = check_submission(PROJECT, args.weights, args.images, device=args.device, tta=args.tta,
-                                  workers=args.workers)
+        report = check_submission(PROJECT, options, args.images)
         print_report(report)
         return 0 if report.ok else 1
     if not args.test_dir.is_dir():
-        print(f"error: test folder {args.test_dir.resolve()} not found. Place the test set there "
-              "(with cla/ and fea/ inside) or pass --test-dir.", file=sys.stderr)
+        print(f"error: test folder {args.test_dir.resolve()} not found. Place the test set there or pass --test-dir.",
+              file=sys.stderr)
         return 2
-    device = resolve_device(args.device)
-    precision = resolve_precision(device, args.precision)
-    tta = make_tta(args.tta)
-    problems: list[str] = []
-    start = time.perf_counter()
-    wanted = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    counts = {name: run_task(name, args, device, precision, tta, problems) for name in wanted}
-    seconds = time.perf_counter() - start
-    total = sum(c for c in counts.values() if c)
-    per_image = f", {1000 * seconds / total:.1f} ms per image" if total else ""
-    print(f"done in {seconds:.1f}s on {device} ({precision}, tta={args.tta}): {total} images{per_image}")
+    problem = writable_folder(args.out_dir)
+    if problem:
+        parser.error(problem)
+    report = run(options)
+    for result in report.results:
+        if result.csv:
+            print(f"{result.name}: {result.images} images -> {result.csv} ({result.engine}, {result.seconds:.1f}s)")
+    total = sum(r.images for r in report.written)
+    per_image = f", {1000 * report.seconds / total:.1f} ms per image" if total else ""
+    print(f"done in {report.seconds:.1f}s on {report.device} (tta={args.tta}): {total} images{per_image}")
+    problems = report.problems + [p for r in report.results for p in r.problems]
     if problems:
         print(f"{len(problems)} problem(s):", file=sys.stderr)
-        for problem in problems:
-            print(f"  - {problem}", file=sys.stderr)
-    written = [name for name, count in counts.items() if count is not None]
-    missing_folder = [n for n in wanted if not (args.test_dir / n).is_dir()]
-    return 0 if written and len(written) + len(missing_folder) == len(wanted) else 1
+        for line in problems:
+            print(f"  - {line}", file=sys.stderr)
+    return report.exit_code
+
+
+def cli(argv=None) -> int:
+    """``main`` as the command line runs it: errors are messages, not tracebacks (--debug shows them)."""
+    return guarded(main, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -42,7 +42,9 @@ from model.network import create_network, normalisation  # noqa: E402
 from model.onnx_backend import select_engine  # noqa: E402
 from model.predict import forward_batches, list_test_images  # noqa: E402
 from model.synthetic import fake_ultrasound, save_image  # noqa: E402
-from model.tasks import TASKS  # noqa: E402
+from model.task import load_task  # noqa: E402
+
+TASKS = {name: load_task(PROJECT / "tasks" / f"birads-{name}.yaml") for name in ("cla", "fea")}
 
 
 def make_folder(root: Path, n: int) -> None:
@@ -61,12 +63,13 @@ def make_weights(root: Path, folds: int, size: int, backbone: str) -> None:
         checkpoints = []
         for fold in range(folds):
             torch.manual_seed(fold)
-            net = create_network(backbone, task.num_outputs)
+            net = create_network(backbone, len(task.heads))
             checkpoints.append({"task": name, "backbone": backbone, "heads": list(task.heads), "img_size": size,
                                 "mean": mean, "std": std, "fold": fold, "epoch": 0, "score": 0.0,
                                 "state_dict": net.state_dict()})
-        prior = [1 / task.num_outputs] * task.num_outputs
-        export_bundle(root / name, checkpoints, {"decision": task.default_rule(), "prior": prior, "cv": {}})
+        prior = [1 / len(task.heads)] * len(task.heads)
+        export_bundle(root / name, checkpoints, {"task": task.to_dict(), "decision": task.neutral_rule(),
+                                                 "prior": prior, "cv": {}})
 
 
 def naive(weights: Path, test_dir: Path, device: torch.device) -> dict[str, np.ndarray]:
@@ -82,7 +85,7 @@ def naive(weights: Path, test_dir: Path, device: torch.device) -> dict[str, np.n
                 x = torch.from_numpy(prepare(load_rgb(image.path), bundle.img_size)).permute(2, 0, 1)[None]
                 x = bundle.ensemble.norm(x.to(device))
                 # ttach averages logits; averaging probabilities would need its wrapper rewritten.
-                probs = [task.probabilities(model(x)) for model in wrapped]
+                probs = [task.kind.probabilities(model(x)) for model in wrapped]
                 rows.append(torch.stack(probs).mean(0)[0].cpu().numpy())
         out[name] = task.decide(np.array(rows), bundle.rule)
     return out

@@ -11,7 +11,6 @@ training steps, their ratios, and the cache's build time. On CUDA it also prints
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from collections.abc import Sequence
@@ -23,15 +22,16 @@ sys.path.insert(0, str(PROJECT))
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from model.data import read_cla  # noqa: E402
 from model.device import autocast, resolve_device  # noqa: E402
 from model.network import InputNorm, create_network, normalisation  # noqa: E402
-from model.training.dataset import TrainDataset, _decode, build_cache, encode_targets  # noqa: E402
+from model.readers import read_dataset  # noqa: E402
+from model.task import load_task  # noqa: E402
+from model.training.config import build_config  # noqa: E402
+from model.training.dataset import TrainDataset, _decode, build_cache  # noqa: E402
 from model.training.engine import training_precision  # noqa: E402
-from model.tasks import CLA  # noqa: E402
-from train_cls.recipe import SPEC  # noqa: E402
 
 DEV = PROJECT.parent / "shared" / "data" / "breast-lesions-usg"
+TASK = load_task(PROJECT / "tasks" / "birads-cla.yaml")
 
 
 class DecodeEveryTime(Sequence):
@@ -64,9 +64,9 @@ def time_loader(loader, epochs):
 def time_training(loader, cfg, device, epochs):
     precision = training_precision(device, cfg.precision)
     norm = InputNorm(*normalisation(cfg.backbone)).to(device)
-    net = create_network(cfg.backbone, CLA.num_outputs, cfg.pretrained).to(device).train()
+    net = create_network(cfg.backbone, len(TASK.heads), cfg.pretrained).to(device).train()
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr)
-    loss_fn = SPEC.make_loss(cfg, loader.dataset.targets, loader.dataset.masks).to(device)
+    loss_fn = TASK.kind.make_loss(cfg, loader.dataset.targets, loader.dataset.masks).to(device)
     busy, seen, started = 0.0, 0, time.perf_counter()
     for _ in range(epochs):
         for images, targets, masks in loader:
@@ -97,11 +97,11 @@ def main() -> int:
         print(f"{args.data}: training data not found (pass --data)", file=sys.stderr)
         return 2
     device = resolve_device(args.device)
-    cfg = dataclasses.replace(SPEC.defaults, workers=args.workers)
-    samples = read_cla(args.data)[: args.images]
-    targets, masks = encode_targets(CLA, samples)
+    cfg = build_config(TASK, overrides={"workers": args.workers})
+    samples = read_dataset(TASK, args.data)[1].samples[: args.images]
+    targets, masks = TASK.kind.encode([s.labels for s in samples], len(TASK.heads))
     started = time.perf_counter()
-    cached = build_cache(samples, cfg.img_size, cfg.cache_scale, args.workers)
+    cached, _ = build_cache(samples, cfg.img_size, cfg.cache_scale, args.workers)
     build = time.perf_counter() - started
     lazy = DecodeEveryTime(samples, cfg.img_size, max(cfg.img_size, round(cfg.img_size * cfg.cache_scale)))
     print(f"{len(samples)} images from {args.data.name}, {cfg.backbone} {cfg.img_size}px, batch {cfg.batch_size}, "

@@ -10,7 +10,6 @@ labelled testA and the competition score is printed.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import tempfile
 import time
@@ -20,6 +19,8 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
 DEV = PROJECT.parent / "shared" / "data" / "breast-lesions-usg"
+LICENSE = ("BrEaST-Lesions_USG, Pawłowska et al., Scientific Data 11, 148 (2024), "
+           "doi:10.1038/s41597-024-02984-z, CC BY 4.0")
 
 
 def main() -> int:
@@ -34,37 +35,36 @@ def main() -> int:
     if not args.data.is_dir():
         print(f"{args.data}: dev data not found", file=sys.stderr)
         return 2
+    from model.task import load_task
+    from model.training.config import build_config
     from model.training.experiment import export, train
-    from train_cls.recipe import SPEC as CLA_SPEC
-    from train_fea.recipe import SPEC as FEA_SPEC
-    specs = {"cla": [CLA_SPEC], "fea": [FEA_SPEC], "both": [CLA_SPEC, FEA_SPEC]}[args.task]
-    for spec in specs:
-        cfg = dataclasses.replace(spec.defaults, data=str(args.data), out=str(args.out / spec.task.name),
-                                  workers=args.workers, **({"epochs": args.epochs} if args.epochs else {}))
+    tasks = [load_task(PROJECT / "tasks" / f"birads-{name}.yaml") for name in
+             {"cla": ["cla"], "fea": ["fea"], "both": ["cla", "fea"]}[args.task]]
+    for task in tasks:
+        cfg = build_config(task, overrides={"data": str(args.data), "out": str(args.out / task.name),
+                                            "workers": args.workers, "epochs": args.epochs, "data_license": LICENSE})
         started = time.perf_counter()
-        metrics = train(spec, cfg)
+        metrics = train(task, cfg)
         minutes = (time.perf_counter() - started) / 60
-        print(f"\n== {spec.task.name}: {cfg.backbone} {cfg.img_size}px, {cfg.epochs} epochs max, "
+        print(f"\n== {task.name}: {cfg.backbone} {cfg.img_size}px, {cfg.epochs} epochs max, "
               f"{cfg.n_folds} folds, {metrics['n_oof']} images, {minutes:.1f} min")
         for f in metrics["per_fold"]:
-            print(f"fold {f['fold']}: best epoch {f['best_epoch'] + 1}/{f['epochs_run']}, val score {f['score']:.4f}, "
+            print(f"fold {f['fold']}: best epoch {f['best_epoch']}/{f['epochs_run']}, val score {f['score']:.4f}, "
                   f"{f['seconds_per_epoch']:.1f} s/epoch ({f['precision']})")
-        print(f"OOF {spec.task.name} score: {metrics['oof_default_rule']['score']:.4f} with argmax/0.5, "
-              f"{metrics['oof_tuned_rule']['score']:.4f} with the tuned rule {metrics['rule']}")
-        if spec.task.multilabel:
-            for name in spec.task.heads:
-                a, b = metrics["oof_default_rule"]["features"][name], metrics["oof_tuned_rule"]["features"][name]
-                print(f"  {name:<14} {a['score']:.4f} at 0.5 -> {b['score']:.4f} tuned")
+        print(f"OOF {task.name} score: {metrics['oof_default_rule']['score']:.4f} with the neutral rule, "
+              f"{metrics['oof_tuned_rule']['score']:.4f} with the rule kept ({metrics['rule_report']['why']})")
+        for name, part in metrics["oof_default_rule"].get("labels", {}).items():
+            print(f"  {name:<14} {part['score']:.4f} at 0.5 -> {metrics['oof_tuned_rule']['labels'][name]['score']:.4f}")
         if args.export:
-            export(spec, args.out / spec.task.name, args.export / spec.task.name)
+            export(args.out / task.name, args.export / task.name, force=True)
     if args.export and (DEV / "testA").is_dir():
         import run
         from model.score import format_report, score_folder
         with tempfile.TemporaryDirectory() as tmp:
             run.main(["--weights", str(args.export), "--test-dir", str(DEV / "testA"), "--out-dir", tmp,
-                      "--tasks", ",".join(s.task.name for s in specs), "--quiet"])
+                      "--tasks", ",".join(t.name for t in tasks), "--quiet"])
             print("\n== testA (held out, never used for training or tuning)")
-            print(format_report(score_folder(tmp, DEV / "testA")))
+            print(format_report(score_folder(tmp, DEV / "testA", tasks)))
     return 0
 
 

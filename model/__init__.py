@@ -1,7 +1,8 @@
-"""Core of the BI-RADS submission harness.
+"""Core of the submission harness for image classification.
 
-Everything both tasks share lives here once: image loading, dataset readers, the network factory,
-the self-describing bundle format, the competition metric, the decision rules, prediction on a folder
-and the training engine (``model.training``). ``run.py``, ``train_cls`` and ``train_fea`` are thin
-layers over it.
+Everything every task shares lives here once: the task definition (``task``, read from a task file) and
+its kind (``kinds``: single-label or multi-label), data readers (``readers``), image loading, the network
+factory, the self-describing bundle format, the metric, decision rules, prediction on a folder
+(``runner``, what run.py does) and the training engine (``model.training``). ``run.py``, ``train.py``,
+``train_cls`` and ``train_fea`` are thin layers over it; the BI-RADS competition lives in tasks/*.yaml.
 """

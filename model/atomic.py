@@ -15,7 +15,7 @@ def atomic_path(path: str | Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
+    os.chmod(tmp, public_mode())  # mkstemp makes 0600 files; outputs get the usual permissions
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -24,10 +24,11 @@ def atomic_path(path: str | Path):
             os.unlink(tmp)
 
 
-def _umask() -> int:
+def public_mode(directory: bool = False) -> int:
+    """The mode a new file (or folder) gets under the current umask: 0644 / 0755 under the usual 022."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return (0o777 if directory else 0o666) & ~mask
 
 
 def write_text(path: str | Path, text: str) -> None:

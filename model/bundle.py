@@ -1,33 +1,39 @@
-"""Self-describing checkpoints, the frozen bundle under ``model/weights/<task>/`` and the fold ensemble.
+"""Self-describing checkpoints, the frozen bundle folder and the fold ensemble.
 
 A checkpoint carries everything needed to rebuild and use its network: backbone name, heads, input size,
-normalisation, fold, epoch, score and weights. A bundle is a folder of fold checkpoints (fp16 weights) plus
-``manifest.json`` with the decision rule, class prior, CV score and a sha256 per file. Inference reads
-only the bundle: never a training config, never the network.
+normalisation, fold, epoch, score and weights. A bundle is a folder of fold checkpoints (fp16 weights) and
+``manifest.json``: the whole task definition (model.task), the network and its input, the decision rule,
+the class prior, the CV score, what it was trained on, and a sha256 per file. Inference reads only the
+bundle, so ``run.py`` serves any bundle with no task code. A file whose hash does not match is refused, and
+every path in a manifest must stay inside the bundle folder.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
 import ttach
 from torch import nn
 
-from .atomic import atomic_path, write_json
+from .atomic import atomic_path, public_mode, write_json
 from .network import InputNorm, create_network
-from .tasks import TASKS, Task
+from .task import Task, TaskFileError, load_task, task_from_dict
 
 CHECKPOINT_FORMAT = "birads-checkpoint/1"
-BUNDLE_FORMAT = "birads-bundle/1"
+BUNDLE_FORMAT = "harness-bundle/2"
+V1_FORMAT = "birads-bundle/1"
 MANIFEST = "manifest.json"
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+PROJECT = Path(__file__).resolve().parents[1]
+WEIGHTS_DIR = PROJECT / "model" / "weights"
 
 TTA_TRANSFORMS = {
     "hflip": ttach.HorizontalFlip,
@@ -64,7 +70,7 @@ def load_checkpoint(path: str | Path) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and torch errors all mean the same thing to the user
         raise BundleError(f"{path}: cannot read this checkpoint ({e}); re-export it") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or not isinstance(ckpt.get("state_dict"), dict):
         raise BundleError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
     return ckpt
 
@@ -83,10 +89,10 @@ class FoldEnsemble(nn.Module):
 
     name = "pytorch"
 
-    def __init__(self, nets: list[nn.Module], mean, std, multilabel: bool):
+    def __init__(self, nets: list[nn.Module], mean, std, kind):
         super().__init__()
         self.nets = nn.ModuleList(nets)
-        self.multilabel = multilabel
+        self.kind = kind
         self.norm = InputNorm(mean, std)
         self.input_format = torch.contiguous_format  # the layout predict() wants; see set_layout
 
@@ -97,8 +103,7 @@ class FoldEnsemble(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.norm(images)
-        probs = [torch.sigmoid(n(x)) if self.multilabel else torch.softmax(n(x), dim=-1) for n in self.nets]
-        return torch.stack(probs).float().mean(0)
+        return torch.stack([self.kind.probabilities(n(x)) for n in self.nets]).float().mean(0)
 
     def predict(self, images: torch.Tensor, tta: ttach.Compose | None = None) -> torch.Tensor:
         """Probabilities averaged over TTA views and folds; all views go through in one batch."""
@@ -129,13 +134,25 @@ class Bundle:
 
     @cached_property
     def ensemble(self) -> FoldEnsemble:
-        nets = [network_from_checkpoint(load_checkpoint(self.folder / e["file"])) for e in self.manifest["folds"]]
-        ensemble = FoldEnsemble(nets, self.manifest["mean"], self.manifest["std"], self.task.multilabel)
+        nets = []
+        for entry in self.manifest["folds"]:
+            ckpt = load_checkpoint(self.folder / entry["file"])
+            if ckpt.get("img_size") != self.img_size or len(ckpt.get("heads", ())) != len(self.task.heads):
+                raise BundleError(f"{self.folder / entry['file']}: made for {ckpt.get('img_size')} px and "
+                                  f"{len(ckpt.get('heads', ()))} outputs, but the manifest says {self.img_size} px "
+                                  f"and {len(self.task.heads)}; re-export the bundle")
+            nets.append(network_from_checkpoint(ckpt))
+        network = self.manifest["network"]
+        ensemble = FoldEnsemble(nets, network["mean"], network["std"], self.task.kind)
         return ensemble.to(self.device).eval()
 
     @property
+    def name(self) -> str:
+        return self.task.name
+
+    @property
     def img_size(self) -> int:
-        return int(self.manifest["img_size"])
+        return int(self.manifest["network"]["input_size"])
 
     @property
     def rule(self) -> dict:
@@ -147,17 +164,93 @@ class Bundle:
 
 
 def read_manifest(folder: str | Path) -> dict:
-    path = Path(folder) / MANIFEST
+    """The manifest of the bundle in ``folder``, checked in every field run.py relies on; a v1 (BI-RADS)
+    manifest is upgraded in memory."""
+    folder = Path(folder)
+    path = folder / MANIFEST
     if not path.is_file():
-        raise BundleError(f"{path}: no bundle here. Train and export one (python -m train_cls export RUN_DIR, "
-                          "python -m train_fea export RUN_DIR) or restore model/weights from git.")
+        raise BundleError(f"{path}: no bundle here. Train and export one (python train.py export RUN_DIR) "
+                          "or restore model/weights from git.")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{path}: not valid JSON ({e}); re-export the bundle") from e
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{path}: not valid UTF-8 JSON ({e}); re-export the bundle") from e
+    if isinstance(manifest, dict) and manifest.get("format") == V1_FORMAT:
+        manifest = _upgrade_v1(manifest, path)
+    return validate_manifest(manifest, folder)
+
+
+def _upgrade_v1(old: dict, path: Path) -> dict:
+    """A birads-bundle/1 manifest (before task files) as a harness-bundle/2 one. Those bundles were the
+    BI-RADS cla and fea tasks, whose definitions are the project's task files."""
+    name = old.get("task")
+    task_file = PROJECT / "tasks" / f"birads-{name}.yaml"
+    if name not in ("cla", "fea") or not task_file.is_file():
+        raise BundleError(f"{path}: a {V1_FORMAT} manifest for task {name!r}, which this version cannot place; "
+                          "re-export the bundle from its run folder (python train.py export RUN_DIR)")
+    try:
+        network = {"backbone": old["backbone"], "input_size": old["img_size"], "mean": old["mean"], "std": old["std"]}
+        return {"format": BUNDLE_FORMAT, "task": load_task(task_file).to_dict(), "network": network,
+                **{k: old[k] for k in ("decision", "prior", "folds")},
+                **{k: old[k] for k in ("cv", "trained_on") if k in old}, "upgraded_from": V1_FORMAT}
+    except KeyError as e:
+        raise BundleError(f"{path}: {V1_FORMAT} manifest without {e}; re-export the bundle") from e
+
+
+def validate_manifest(manifest, folder: Path) -> dict:
+    """Raise BundleError naming the manifest and the first field that is missing or of the wrong shape."""
+    where = folder / MANIFEST
+
+    def fail(message: str):
+        raise BundleError(f"{where}: {message}; re-export the bundle")
+
+    if not isinstance(manifest, dict):
+        fail(f"expected a JSON object, found {type(manifest).__name__}")
     if manifest.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{path}: not a {BUNDLE_FORMAT} manifest")
+        fail(f"format {manifest.get('format')!r} is not {BUNDLE_FORMAT}")
+    try:
+        task = task_from_dict(manifest.get("task"), f"{where}: task")
+    except TaskFileError as e:
+        raise BundleError(f"{e}; re-export the bundle") from e
+    n = len(task.heads)
+    network = manifest.get("network")
+    if not isinstance(network, dict) or not isinstance(network.get("backbone"), str):
+        fail("network.backbone missing")
+    size = network.get("input_size")
+    if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= 4096:
+        fail(f"network.input_size {size!r} is not a size in pixels")
+    for key in ("mean", "std"):
+        values = network.get(key)
+        if not _numbers(values, 3) or (key == "std" and min(values) <= 0):
+            fail(f"network.{key} {values!r} is not three numbers")
+    rule = manifest.get("decision")
+    if not isinstance(rule, dict) or set(rule) != {task.kind.rule_key} or not _numbers(rule[task.kind.rule_key], n):
+        fail(f"decision {rule!r} is not {{{task.kind.rule_key!r}: {n} numbers}} for a {task.kind.name} task")
+    prior = manifest.get("prior")
+    if not _numbers(prior, n) or min(prior) < 0 or max(prior) > 1:
+        fail(f"prior {prior!r} is not {n} probabilities")
+    folds = manifest.get("folds")
+    if not isinstance(folds, list) or not folds:
+        fail("folds is not a non-empty list of weight files")
+    for entry in folds:
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not isinstance(entry.get("sha256"), str):
+            fail(f"fold entry {entry!r} lacks file or sha256")
+        inside_bundle(folder, entry["file"])
     return manifest
+
+
+def _numbers(values, n: int) -> bool:
+    return (isinstance(values, list) and len(values) == n
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values))
+
+
+def inside_bundle(folder: Path, name: str) -> Path:
+    """``folder / name`` when that path stays inside ``folder`` (symbolic links resolved); BundleError else."""
+    relative = PurePosixPath(name)
+    path = (folder / name).resolve()
+    if relative.is_absolute() or ".." in relative.parts or "\\" in name or not path.is_relative_to(folder.resolve()):
+        raise BundleError(f"{folder / MANIFEST}: file entry {name!r} points outside the bundle folder; refused")
+    return path
 
 
 def verify_bundle(folder: str | Path) -> dict:
@@ -165,7 +258,7 @@ def verify_bundle(folder: str | Path) -> dict:
     folder = Path(folder)
     manifest = read_manifest(folder)
     for entry in manifest["folds"]:
-        path = folder / entry["file"]
+        path = inside_bundle(folder, entry["file"])
         if not path.is_file():
             raise BundleError(f"{path}: weight file listed in {MANIFEST} is missing; restore it or re-export")
         actual = sha256(path)
@@ -179,21 +272,44 @@ def load_bundle(folder: str | Path, device: torch.device | str = "cpu", lazy: bo
     """Verify the bundle in ``folder``; read its fold networks now, or on first use when ``lazy``."""
     folder = Path(folder)
     manifest = verify_bundle(folder)
-    if manifest.get("task") not in TASKS:
-        raise BundleError(f"{folder / MANIFEST}: unknown task {manifest.get('task')!r}; expected one of {sorted(TASKS)}")
-    bundle = Bundle(TASKS[manifest["task"]], folder, manifest, torch.device(device))
+    task = task_from_dict(manifest["task"], f"{folder / MANIFEST}: task")
+    bundle = Bundle(task, folder, manifest, torch.device(device))
     if not lazy:
         bundle.ensemble  # noqa: B018  (reads the checkpoints, so a broken one is reported here)
     return bundle
 
 
-def export_bundle(folder: str | Path, checkpoints: list[dict], manifest: dict) -> Path:
-    """Write fold checkpoints (fp16) and the manifest into ``folder``, replacing any bundle there at once.
+def find_bundles(weights: str | Path) -> tuple[list[Path], list[str]]:
+    """(bundle folders, problems) under ``weights``: the folder itself when it is a bundle, else each of
+    its visible subfolders (one without a manifest is a problem: a bundle that went missing)."""
+    weights = Path(weights)
+    if (weights / MANIFEST).is_file():
+        return [weights], []
+    if not weights.is_dir():
+        return [], [f"{weights}: weights folder not found"]
+    folders, problems = [], []
+    for sub in sorted(p for p in weights.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if (sub / MANIFEST).is_file():
+            folders.append(sub)
+        else:
+            problems.append(f"{sub / MANIFEST}: no bundle here (restore it from git, re-export it, or remove the folder)")
+    if not folders and not problems:
+        problems.append(f"{weights}: no bundle here (a folder with {MANIFEST}, or folders of them)")
+    return folders, problems
 
-    ``checkpoints``: loaded checkpoint dicts, one per fold. ``manifest``: task-level fields (decision, prior,
-    cv, trained_on, ...); architecture fields are taken from the first checkpoint.
+
+def export_bundle(folder: str | Path, checkpoints: list[dict], manifest: dict, replace: bool = False,
+                  backups: Path | None = None) -> Path:
+    """Write fold checkpoints (fp16) and the manifest into ``folder`` at once.
+
+    ``checkpoints``: loaded checkpoint dicts, one per fold. ``manifest``: task, decision, prior, cv,
+    trained_on, recipe, ...; the network fields are taken from the first checkpoint. An existing bundle
+    in ``folder`` is replaced only when ``replace``; it is then moved into ``backups`` (if given), not deleted.
     """
     folder = Path(folder)
+    if folder.exists() and not replace:
+        raise BundleError(f"{folder} already holds a bundle; pass --force to replace it (the old one is kept "
+                          f"in {backups or 'a backup folder'}), or choose another --out")
     folder.parent.mkdir(parents=True, exist_ok=True)
     first = checkpoints[0]
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
@@ -202,19 +318,19 @@ def export_bundle(folder: str | Path, checkpoints: list[dict], manifest: dict) -
         for ckpt in checkpoints:
             name = f"fold{ckpt['fold']}.pt"
             meta = {k: v for k, v in ckpt.items() if k not in ("format", "state_dict")}
-            net = network_from_checkpoint(ckpt)
-            save_checkpoint(staging / name, net, meta, half=True)
+            save_checkpoint(staging / name, network_from_checkpoint(ckpt), meta, half=True)
             entries.append({"file": name, "fold": ckpt["fold"], "score": ckpt.get("score"),
                             "sha256": sha256(staging / name)})
-        full = {"format": BUNDLE_FORMAT, **{k: first[k] for k in ("task", "backbone", "heads", "img_size", "mean", "std")},
-                **manifest, "folds": entries}
-        write_json(staging / MANIFEST, full)
-        old = folder.with_name(f".{folder.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
+        network = {"backbone": first["backbone"], "input_size": first["img_size"], "mean": first["mean"],
+                   "std": first["std"]}
+        write_json(staging / MANIFEST, {"format": BUNDLE_FORMAT, **manifest, "network": network, "folds": entries})
+        os.chmod(staging, public_mode(directory=True))  # mkdtemp makes 0700; a bundle is read by other users too
         if folder.exists():
-            folder.rename(old)
+            backup = (backups or folder.parent) / f"{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            backup.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(folder), str(backup))
         staging.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+

@@ -1,12 +1,16 @@
 """Pre-flight check of a submission folder: ``python run.py --check [--images N]``.
 
-Verifies that environment.yml and requirements.txt agree, that both bundles are present, match their
-sha256 and load on CPU, and that a dry run of run.py on generated images of awkward kinds (png/jpg,
-grayscale, RGBA, 16-bit, palette, large) writes valid CSVs. Then times run.py's prediction loop on those
-images and estimates the time for N images. Every problem comes with the fix.
+Verifies that environment.yml and requirements.txt agree; that every bundle is present, matches its
+sha256 and loads on CPU; what each bundle's CV rests on (folds, OOF coverage, the decision rule), with a
+warning where that is thin; which ONNX graph run.py would load; and that a dry run of run.py on generated
+images of awkward kinds (png/jpg, grayscale, RGBA, 16-bit, palette, large) writes valid CSVs. Then it
+times run.py's prediction loop on those images and estimates the time for N images. Every problem comes
+with the fix.
 """
 from __future__ import annotations
 
+import csv
+import dataclasses
 import re
 import tempfile
 import time
@@ -14,22 +18,25 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-import pandas as pd
 import yaml
 
-from .bundle import BundleError, load_bundle
+from .bundle import BundleError, find_bundles, load_bundle
+from .onnx_backend import cached_graph, unavailable_reason
 from .predict import list_test_images
+from .runner import RunOptions, prepare, predict_folder, run
 from .synthetic import make_awkward_folder
-from .tasks import TASKS
 
 PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([0-9][A-Za-z0-9.+\-]*)$")
+THIN_FOLDS, THIN_OOF = 3, 100   # below these, a bundle's CV is a rough guide only
 
 
 @dataclass
 class CheckReport:
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     per_image_seconds: float | None = None  # run.py's prediction loop on the dry-run images
+    estimate_seconds: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -41,7 +48,7 @@ def read_pins(requirements: Path) -> dict[str, str]:
     pins = {}
     for number, line in enumerate(requirements.read_text(encoding="utf-8").splitlines(), 1):
         line = line.split("#", 1)[0].strip()
-        if not line:
+        if not line or line.startswith("--"):
             continue
         match = PIN.match(line)
         if not match:
@@ -87,42 +94,120 @@ def installed_mismatches(project: Path) -> list[str]:
     return notes
 
 
-def validate_csv(path: Path, task_name: str, ids: list[int]) -> list[str]:
-    task = TASKS[task_name]
+def describe_bundle(bundle, report: CheckReport) -> None:
+    """What the bundle's CV rests on, in one note, and a warning when that is thin."""
+    manifest, name = bundle.manifest, bundle.name
+    cv = manifest.get("cv") or {}
+    folds_in = len(manifest["folds"])
+    done, n_oof, n_images = cv.get("folds_done") or [], cv.get("n_oof"), cv.get("n_images")
+    score = cv.get("oof_score_tuned_rule")
+    network = manifest["network"]
+    coverage = f"OOF over {n_oof} of {n_images} images from {len(done)} fold(s)" if n_oof else "no OOF record"
+    rule = (cv.get("rule") or {}).get("why", "")
+    report.notes.append(f"{name}: {folds_in} fold network(s) of {network['backbone']} at {network['input_size']} px; "
+                        f"{coverage}; CV {cv.get('metric', 'score')} "
+                        f"{'unknown' if score is None else f'{score:.4f}'}" + (f"; decision rule: {rule}" if rule else ""))
+    thin = []
+    if folds_in < THIN_FOLDS:
+        thin.append(f"only {folds_in} fold network(s) in the bundle")
+    if cv.get("folds_missing"):
+        thin.append(f"folds {cv['folds_missing']} were never trained")
+    if n_oof is not None and n_oof < THIN_OOF:
+        thin.append(f"the CV rests on {n_oof} out-of-fold images")
+    if score is None:
+        thin.append("no CV score recorded")
+    if thin:
+        report.warnings.append(f"{name}: {'; '.join(thin)}: treat its CV as a rough guide")
+
+
+def validate_csv(path: Path, task, images) -> list[str]:
+    """The CSV has the task's header, one row per image in id order, and only allowed values."""
     if not path.is_file():
         return [f"{path}: not written"]
-    frame = pd.read_csv(path)
-    expected = ["id", *task.label_columns]
-    if list(frame.columns) != expected:
-        return [f"{path}: header {list(frame.columns)}, expected {expected}"]
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    expected = [task.output.id_header, *task.output.columns]
+    if not rows or rows[0] != expected:
+        return [f"{path}: header {rows[0] if rows else []}, expected {expected}"]
+    ids = [str(image.id if task.output.id == "number" else image.name) for image in images]
     problems = []
-    if frame["id"].tolist() != ids:
-        problems.append(f"{path}: ids {frame['id'].tolist()[:10]}... are not the test images' ids in order")
-    allowed = set(range(task.num_outputs)) if not task.multilabel else {0, 1}
-    bad = ~frame[list(task.label_columns)].isin(allowed).all(axis=1)
-    if bad.any():
-        problems.append(f"{path}: {int(bad.sum())} row(s) with labels outside {sorted(allowed)}")
+    if [r[0] for r in rows[1:]] != ids:
+        problems.append(f"{path}: the first column is not the test images' ids in order")
+    values = {c: [r[i + 1] if i + 1 < len(r) else "" for r in rows[1:]] for i, c in enumerate(task.output.columns)}
+    problems += [f"{path} {p}" for p in task.kind.parse_values(task, values)[2]]
     return problems
 
 
-def time_per_image(weights: Path, test_dir: Path, device: str = "auto", tta: str = "hflip", workers: int = 0) -> float:
-    """Seconds per image of run.py's prediction loop alone (decode and forward, as run.py sets them up),
-    over every image in ``test_dir``/<task>; bundle loading and engine start-up are not counted."""
-    import torch
+def check_graphs(bundles, report: CheckReport) -> None:
+    reason = unavailable_reason()
+    for bundle in bundles:
+        if reason:
+            report.notes.append(f"{bundle.name}: ONNX Runtime unavailable ({reason}); run.py uses PyTorch")
+            continue
+        _, status, message = cached_graph(bundle)
+        (report.warnings if status == "mismatch" else report.notes).append(f"{bundle.name}: ONNX graph {message}")
 
-    from .bundle import make_tta
-    from .device import resolve_device, resolve_precision
-    from .onnx_backend import select_engine
-    from .predict import auto_batch_size, predict_paths
 
-    device, views, seconds, count = resolve_device(device), make_tta(tta), 0.0, 0
-    for name in TASKS:
-        bundle = load_bundle(weights / name, device, lazy=True)
-        engine, _ = select_engine(bundle, "auto", device)
-        paths = [image.path for image in list_test_images(test_dir / name).images]
+def check_submission(project: Path, options: RunOptions, n_images: int = 1700, dry_run_images: int = 16) -> CheckReport:
+    report = CheckReport()
+    report.problems += check_environment(project)
+    if not report.problems:
+        report.notes += installed_mismatches(project)
+    folders, problems = find_bundles(options.weights)
+    report.problems += problems
+    bundles = []
+    for folder in folders:
+        try:
+            bundles.append(load_bundle(folder, "cpu"))  # reads every checkpoint, so a broken one shows here
+        except BundleError as e:
+            report.problems.append(str(e))
+    for bundle in bundles:
+        describe_bundle(bundle, report)
+    check_graphs(bundles, report)
+    if report.problems or not bundles:
+        return report
+    with tempfile.TemporaryDirectory(prefix="harness-check-") as tmp:
+        tmp = Path(tmp)
+        for bundle in bundles:
+            make_awkward_folder(tmp / "test" / bundle.task.test_folder, dry_run_images)
+        dry = dataclasses.replace(options, test_dir=tmp / "test", out_dir=tmp / "out", tasks=None, progress=False)
         started = time.perf_counter()
-        predict_paths(bundle, paths, device, resolve_precision(device), auto_batch_size(device, views, engine),
-                      workers, views, progress=False, engine=engine)
+        outcome = run(dry)
+        seconds = time.perf_counter() - started
+        for result in outcome.results:
+            if result.failed:
+                report.problems += [f"dry run: {p}" for p in result.problems]
+        if outcome.exit_code != 0 and not report.problems:
+            report.problems.append("the dry run of run.py did not write every CSV; see the messages above")
+        for bundle in bundles:
+            listing = list_test_images(tmp / "test" / bundle.task.test_folder, bundle.task.output.id)
+            report.problems += validate_csv(tmp / "out" / bundle.task.output.file, bundle.task, listing.images)
+        if report.problems:
+            return report
+        per_image, count = time_per_image(dry, outcome.device, bundles), sum(r.images for r in outcome.results)
+    # What the dry run spent beyond its images is paid once per run (bundles, engines; on a machine without
+    # the cached ONNX graphs, their export too), so the estimate holds for a first run.
+    fixed = max(0.0, seconds - count * per_image)
+    report.per_image_seconds = per_image
+    report.estimate_seconds = fixed + n_images * per_image
+    report.notes.append(f"dry run: {count} images in {seconds:.1f}s; {1000 * per_image:.0f} ms per image "
+                        f"(every task counted) plus {fixed:.1f}s once (bundles, ONNX graphs)")
+    report.notes.append(f"estimated time for {n_images} images per task: "
+                        f"{fixed + len(bundles) * n_images * per_image:.0f}s "
+                        f"({(fixed + len(bundles) * n_images * per_image) / 60:.1f} min)")
+    return report
+
+
+def time_per_image(options: RunOptions, device, bundles) -> float:
+    """Seconds per image of run.py's prediction loop alone (decode and forward, set up as run.py sets them
+    up), over every dry-run image; bundle loading and engine start-up are not counted."""
+    import torch
+    seconds, count = 0.0, 0
+    for bundle in bundles:
+        prepared = prepare(bundle.folder, options, device)
+        paths = [i.path for i in list_test_images(options.test_dir / bundle.task.test_folder, bundle.task.output.id).images]
+        started = time.perf_counter()
+        predict_folder(prepared, paths, options, device)
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds += time.perf_counter() - started
@@ -130,55 +215,14 @@ def time_per_image(weights: Path, test_dir: Path, device: str = "auto", tta: str
     return seconds / max(1, count)
 
 
-def check_submission(project: Path, weights: Path, n_images: int = 1700, dry_run_images: int = 16,
-                     device: str = "auto", tta: str = "hflip", workers: int = 0) -> CheckReport:
-    import run  # the real entry point, as the organiser will call it
-
-    report = CheckReport()
-    report.problems += check_environment(project)
-    if not report.problems:
-        report.notes += installed_mismatches(project)
-    for name in TASKS:
-        try:
-            bundle = load_bundle(weights / name, "cpu")  # reads every checkpoint, so a broken one shows here
-            report.notes.append(f"{name} bundle: {len(bundle.manifest['folds'])} fold(s) of {bundle.manifest['backbone']} "
-                                f"at {bundle.img_size}px, CV {bundle.manifest.get('cv', {}).get('oof_score_tuned_rule')}")
-        except BundleError as e:
-            report.problems.append(str(e))
-    if report.problems:
-        return report
-    with tempfile.TemporaryDirectory(prefix="birads-check-") as tmp:
-        tmp = Path(tmp)
-        for name in TASKS:
-            make_awkward_folder(tmp / "test" / name, dry_run_images)
-        started = time.perf_counter()
-        code = run.main(["--weights", str(weights), "--test-dir", str(tmp / "test"), "--out-dir", str(tmp / "out"),
-                         "--quiet", "--device", device, "--tta", tta, "--workers", str(workers)])
-        seconds = time.perf_counter() - started
-        if code != 0:
-            report.problems.append(f"dry run of run.py exited with {code}; see the messages above")
-        for name in TASKS:
-            ids = [image.id for image in list_test_images(tmp / "test" / name).images]
-            report.problems += validate_csv(tmp / "out" / f"{name}_pre.csv", name, ids)
-        if code != 0:
-            return report
-        per_image = time_per_image(weights, tmp / "test", device, tta, workers)
-    # Everything the dry run spent beyond its images is paid once per run (bundles, engines; on a machine
-    # without the cached ONNX graphs, their export too), so the estimate holds for a first run.
-    fixed = max(0.0, seconds - 2 * dry_run_images * per_image)
-    estimate = fixed + n_images * per_image
-    report.notes.append(f"dry run: {2 * dry_run_images} images in {seconds:.1f}s; {1000 * per_image:.0f} ms per image "
-                        f"(both tasks counted) plus {fixed:.1f}s once (bundles, ONNX graphs)")
-    report.notes.append(f"estimated time for {n_images} images: {estimate:.0f}s ({estimate / 60:.1f} min)")
-    report.per_image_seconds = per_image
-    return report
-
-
 def print_report(report: CheckReport) -> None:
     for note in report.notes:
         print(f"  {note}")
+    for warning in report.warnings:
+        print(f"  WARNING {warning}")
     if report.ok:
-        print("check passed: this folder is ready to hand in")
+        verdict = "ready to hand in" if not report.warnings else f"ready to hand in, with {len(report.warnings)} warning(s) above"
+        print(f"check passed: this folder is {verdict}")
     else:
         print(f"check FAILED, {len(report.problems)} problem(s):")
         for problem in report.problems:

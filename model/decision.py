@@ -1,66 +1,82 @@
-"""Tune the decision rule on out-of-fold probabilities to maximise the competition metric.
+"""Tune the decision rule on out-of-fold probabilities for the task's metric, and keep it only when it
+holds up on images it was not tuned on.
 
-Because the score mixes accuracy with F1, argmax and 0.5 are not the best rules:
+A metric that mixes accuracy with F1 is not maximised by argmax / 0.5, so the rule has one value per
+head: an offset on each class's log-probability (single-label; for two classes that is a threshold on
+the positive class's probability) or a probability threshold per label (multi-label). Coordinate ascent
+over the kind's grid finds it; ties go to the neutral value, so a rule moves only when the data asks.
 
-* cla: one additive offset per class on the log-probabilities, found by coordinate ascent on the cla
-  score (class by class, several passes, over a fixed grid).
-* fea: one probability threshold per feature, maximising 0.6 * accuracy + 0.4 * F1 of that feature.
-
-Ties go to the neutral value (offset 0, threshold 0.5) so a rule moves only when the data asks for it.
+Tuned on the same images it is scored on, a rule always looks better, and on a few hundred images it
+often is not (issue: a rule tuned on 30 images lifted OOF from 0.16 to 0.30 and scored 0.15 on the test
+set). So the tuning is cross-validated inside the OOF set: the rule tuned on four fifths decides the
+fifth, and the pooled held-out score must beat the neutral rule's, or the neutral rule is kept. Below
+MIN_IMAGES no rule is tuned at all. Either way the report says what happened and why.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .metric import cla_score, feature_score
-from .tasks import Task
-
-OFFSET_GRID = np.round(np.arange(-2.0, 2.0001, 0.1), 2)
-THRESHOLD_GRID = np.round(np.arange(0.02, 0.9801, 0.01), 2)
+MIN_IMAGES = 60
+CHECK_SPLITS = 5
 PASSES = 3
 
 
-def tune_logit_offsets(probs: np.ndarray, labels: np.ndarray) -> list[float]:
-    logp = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0))
-    labels = np.asarray(labels)
-    offsets = np.zeros(logp.shape[1])
+def _ascent(task, probs: np.ndarray, labels: np.ndarray) -> list[float]:
+    kind = task.kind
+    values = np.full(probs.shape[1], kind.neutral_value, dtype=np.float64)
 
-    def score(o):
-        return cla_score(labels, np.argmax(logp + o, axis=1))["score"]
+    def score(v):
+        return kind.scores(task, labels, kind.decide(probs, {kind.rule_key: v}))["score"]
 
-    best = score(offsets)
+    best = score(values)
+    candidates = sorted(kind.rule_grid, key=lambda v: abs(v - kind.neutral_value))
     for _ in range(PASSES):
         moved = False
-        for c in range(logp.shape[1]):
-            for value in sorted(OFFSET_GRID, key=abs):
-                trial = offsets.copy()
-                trial[c] = value
+        for head in range(len(values)):
+            for value in candidates:
+                trial = values.copy()
+                trial[head] = value
                 s = score(trial)
                 if s > best + 1e-9:
-                    best, offsets, moved = s, trial, True
+                    best, values, moved = s, trial, True
         if not moved:
             break
-    return [float(v) for v in offsets]
+    return [float(v) for v in values]
 
 
-def tune_thresholds(probs: np.ndarray, labels: np.ndarray) -> list[float]:
-    probs, labels = np.asarray(probs), np.asarray(labels)
-    thresholds = []
-    for j in range(probs.shape[1]):
-        best_t, best = 0.5, feature_score(labels[:, j], (probs[:, j] >= 0.5).astype(int))["score"]
-        if np.isnan(best):  # no known label for this feature: keep 0.5
-            thresholds.append(0.5)
-            continue
-        for t in sorted(THRESHOLD_GRID, key=lambda v: abs(v - 0.5)):
-            s = feature_score(labels[:, j], (probs[:, j] >= t).astype(int))["score"]
-            if s > best + 1e-9:
-                best, best_t = s, float(t)
-        thresholds.append(best_t)
-    return thresholds
+def _check_splits(labels: np.ndarray, seed: int):
+    """Stratified by the label when there is one column with enough of each value, else plain k-fold."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+    columns = labels.reshape(len(labels), -1)
+    if columns.shape[1] == 1 and np.unique(columns, return_counts=True)[1].min() >= CHECK_SPLITS:
+        return StratifiedKFold(CHECK_SPLITS, shuffle=True, random_state=seed).split(columns, columns[:, 0])
+    return KFold(CHECK_SPLITS, shuffle=True, random_state=seed).split(columns)
 
 
-def tune_rule(task: Task, probs: np.ndarray, labels: np.ndarray) -> dict:
-    """The decision rule for ``task`` (the dict stored in a bundle manifest)."""
-    if task.multilabel:
-        return {"thresholds": tune_thresholds(probs, labels)}
-    return {"logit_offsets": tune_logit_offsets(probs, np.asarray(labels).reshape(-1))}
+def tune_rule(task, probs: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[dict, dict]:
+    """(rule for the bundle manifest, report for metrics.json) for OOF ``probs`` and ``labels``."""
+    kind = task.kind
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
+    neutral = kind.neutral_rule(probs.shape[1])
+    neutral_score = kind.scores(task, labels, kind.decide(probs, neutral))["score"]
+    report = {"n": int(len(probs)), "neutral_score": neutral_score}
+    if task.metric == "auc":
+        return neutral, {**report, "adopted": False, "why": "AUC does not depend on the decision rule"}
+    if len(probs) < MIN_IMAGES:
+        return neutral, {**report, "adopted": False,
+                         "why": f"only {len(probs)} out-of-fold images; a rule is tuned from {MIN_IMAGES} on"}
+    tuned = {kind.rule_key: _ascent(task, probs, labels)}
+    report["in_sample_score"] = kind.scores(task, labels, kind.decide(probs, tuned))["score"]
+    held_out = np.empty_like(kind.decide(probs, neutral))
+    for fit, check in _check_splits(labels, seed):
+        rule = {kind.rule_key: _ascent(task, probs[fit], labels[fit])}
+        held_out[check] = kind.decide(probs[check], rule)
+    report["held_out_score"] = kind.scores(task, labels, held_out)["score"]
+    gain = report["held_out_score"] - neutral_score
+    if tuned == neutral:
+        return neutral, {**report, "adopted": False, "why": "the neutral rule is already the best"}
+    if gain <= 0:
+        return neutral, {**report, "adopted": False,
+                         "why": f"tuned on 4/5 of the OOF images, the rule lost {-gain:.4f} on the other fifth"}
+    return tuned, {**report, "adopted": True,
+                   "why": f"tuned on 4/5 of the OOF images, the rule gained {gain:.4f} on the other fifth"}

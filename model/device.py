@@ -8,19 +8,35 @@ import torch
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+class DeviceError(ValueError):
+    """A device or precision that this machine cannot give."""
+
+
 def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` (the GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``; DeviceError when this machine
+    has no such device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name} asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise DeviceError(f"device {name!r}: use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError(f"device {name} asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise DeviceError(f"device {name} asked for, but this machine has {count} GPU(s): cuda:0..cuda:{count - 1}")
+    return device
 
 
 def resolve_precision(device: torch.device, precision: str = "auto", training: bool = False) -> str:
     """fp16 on CUDA (bf16 where the GPU supports it when training); fp32 on CPU unless asked."""
     if precision != "auto":
         if precision == "fp16" and device.type == "cpu":
-            raise RuntimeError("fp16 autocast is for CUDA; on CPU use bf16 or fp32")
+            raise DeviceError("fp16 autocast is for CUDA; on CPU use bf16 or fp32")
         return precision
     if device.type == "cuda":
         return "bf16" if training and torch.cuda.is_bf16_supported() else "fp16"

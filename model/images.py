@@ -7,6 +7,10 @@ at test time.
 """
 from __future__ import annotations
 
+import io
+import os
+import stat
+import threading
 from pathlib import Path
 
 import cv2
@@ -53,10 +57,46 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     return np.array(im, dtype=np.uint8)  # a writable copy (converting an RGB image would copy it twice)
 
 
-def load_rgb(path: str | Path) -> np.ndarray:
-    """Decode ``path`` to an HxWx3 uint8 array, or raise ImageReadError naming the file."""
+def is_regular_file(path: str | Path) -> bool:
+    """A regular file (a symlink to one counts); never a FIFO, socket or device, which could block a read."""
     try:
-        with Image.open(path) as im:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def read_file(path: str | Path, timeout: float | None = None) -> bytes:
+    """The bytes of a regular file. Anything else (a FIFO, a device, a socket) is refused rather than opened:
+    opening a FIFO blocks forever. With ``timeout``, a read that takes longer (a hung network file system)
+    raises ImageReadError; the reading thread is a daemon, so it never holds up the exit."""
+    if not is_regular_file(path):
+        why = "not a regular file (a pipe, device or socket)" if os.path.exists(path) else "file not found"
+        raise ImageReadError(f"{path}: {why}; skipped")
+    if timeout is None:
+        return Path(path).read_bytes()
+    box: dict = {}
+
+    def work():
+        try:
+            box["data"] = Path(path).read_bytes()
+        except OSError as e:
+            box["error"] = e
+
+    reader = threading.Thread(target=work, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if reader.is_alive():
+        raise ImageReadError(f"{path}: reading took more than {timeout:g}s (a slow or hung file system?); skipped")
+    if "error" in box:
+        raise ImageReadError(f"{path}: cannot read ({box['error'].strerror or box['error']})")
+    return box["data"]
+
+
+def load_rgb(path: str | Path, timeout: float | None = None) -> np.ndarray:
+    """Decode ``path`` to an HxWx3 uint8 array, or raise ImageReadError naming the file."""
+    data = read_file(path, timeout)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
             im.load()
             ImageOps.exif_transpose(im, in_place=True)  # in place: no copy when there is nothing to turn
             rgb = _to_rgb(im)

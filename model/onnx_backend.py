@@ -1,30 +1,36 @@
 """An optional ONNX Runtime backend for CPU inference, with automatic fallback to PyTorch.
 
-The whole fold ensemble (normalisation, every fold, softmax/sigmoid, the mean) is exported once per
-bundle to one ONNX graph; a batch's TTA views go through it in one ``session.run``. On the 2-core dev
-CPU, ONNX Runtime runs tf_efficientnet_lite0 1.6-2x faster than PyTorch in fp32, with probabilities
-within 1e-6 of it (tests hold the difference under 1e-4).
+The whole fold ensemble (normalisation, every fold, softmax/sigmoid, the mean) is exported to one ONNX
+graph; a batch's TTA views go through it in one ``session.run``. On the 2-core dev CPU, ONNX Runtime runs
+tf_efficientnet_lite0 faster than PyTorch in fp32 (benchmarks/infer.py measures by how much), with
+probabilities within 1e-6 of it (tests hold the difference under 1e-4).
 
-The export takes a few seconds, so the graph is cached beside the bundle in ``.onnx-cache/`` (ignored by
-git), keyed by the manifest and the library versions; a read-only folder just skips the cache.
+Trust: a graph is code ONNX Runtime will run, so nothing unverified is loaded. The export is
+deterministic for given weights and library versions, so ``export`` records the graph's sha256 (and those
+versions) in the manifest. run.py looks for that graph in a content-addressed cache outside the bundle
+(``$HARNESS_CACHE_DIR``, else ``$XDG_CACHE_HOME/medical-harness`` or ``~/.cache/medical-harness``), so a
+read-only or zipped submission folder stays clean, and uses it only when its bytes hash to the recorded
+value. Otherwise it exports the graph from the verified weights (a few seconds), and caches it when it
+hashes to the record. A bundle with no record, or on other library versions, is exported on every run.
 """
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
+import os
 import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
-from .atomic import atomic_path
-from .bundle import MANIFEST, Bundle, BundleError
+from .atomic import atomic_path, write_json
+from .bundle import MANIFEST, Bundle, BundleError, load_bundle
 
 log = logging.getLogger(__name__)
 OPSET = 17
-CACHE = ".onnx-cache"
 
 
 def unavailable_reason() -> str | None:
@@ -35,6 +41,18 @@ def unavailable_reason() -> str | None:
     except ImportError as e:
         return f"{e.name} is not installed"
     return None
+
+
+def cache_dir() -> Path:
+    if os.environ.get("HARNESS_CACHE_DIR"):
+        return Path(os.environ["HARNESS_CACHE_DIR"]) / "onnx"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "medical-harness" / "onnx"
+
+
+def versions() -> str:
+    import onnxruntime
+    return f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, opset {OPSET}"
 
 
 class OnnxEnsemble:
@@ -59,13 +77,6 @@ class OnnxEnsemble:
         views = torch.cat([t.augment_image(images) for t in tta]) if tta is not None else images
         probs = self.session.run(None, {"images": views.float().contiguous().numpy()})[0]
         return torch.from_numpy(probs).view(len(tta) if tta is not None else 1, images.shape[0], -1).mean(0)
-
-
-def _cache_key(bundle: Bundle) -> str:
-    import onnxruntime
-    digest = hashlib.sha256((bundle.folder / MANIFEST).read_bytes())
-    digest.update(f"{torch.__version__}/{onnxruntime.__version__}/{OPSET}".encode())
-    return digest.hexdigest()[:16]
 
 
 def export_ensemble(bundle: Bundle) -> bytes:
@@ -93,24 +104,71 @@ def optimise_graph(model_bytes: bytes) -> bytes:
         return Path(options.optimized_model_filepath).read_bytes()
 
 
-def onnx_ensemble(bundle: Bundle, threads: int) -> OnnxEnsemble:
-    """Load the cached graph for ``bundle`` or export it (and try to cache it). A cached graph that ONNX
-    Runtime cannot load (a truncated file, say) is exported again."""
-    path = bundle.folder / CACHE / f"ensemble-{_cache_key(bundle)}.onnx"
-    if path.is_file():
-        try:
-            return OnnxEnsemble(path.read_bytes(), threads)
-        except Exception as e:  # noqa: BLE001  (ONNX Runtime raises its own exception types)
-            log.warning("%s: cached ONNX graph unusable (%s); exporting it again", path, e)
-    data = optimise_graph(export_ensemble(bundle))
+def build_graph(bundle: Bundle) -> bytes:
+    return optimise_graph(export_ensemble(bundle))
+
+
+def expected_graph(bundle: Bundle) -> str | None:
+    """The sha256 the manifest records for this bundle's graph on these library versions, or None."""
+    record = bundle.manifest.get("onnx")
+    if isinstance(record, dict) and record.get("versions") == versions() and isinstance(record.get("sha256"), str):
+        return record["sha256"]
+    return None
+
+
+def cached_graph(bundle: Bundle) -> tuple[bytes | None, str, str]:
+    """(the verified cached graph or None, status, what that means), without exporting anything.
+    Status: verified, unrecorded, missing or mismatch."""
+    expected = expected_graph(bundle)
+    if expected is None:
+        return None, "unrecorded", "no graph recorded in the manifest for these library versions: exported on every run"
+    path = cache_dir() / f"{expected}.onnx"
     try:
-        for stale in path.parent.glob("ensemble-*.onnx"):
-            stale.unlink()
-        with atomic_path(path) as tmp:
+        data = path.read_bytes()
+    except OSError:
+        return None, "missing", f"not cached yet: exported on the first run and cached in {path.parent}"
+    if hashlib.sha256(data).hexdigest() != expected:
+        return None, "mismatch", f"{path} does not hash to the bundle's record: exported again and replaced"
+    return data, "verified", f"cached and verified ({path})"
+
+
+def _store(data: bytes, digest: str) -> None:
+    try:
+        with atomic_path(cache_dir() / f"{digest}.onnx") as tmp:
             Path(tmp).write_bytes(data)
     except OSError as e:
         log.info("ONNX graph not cached (%s); it is exported again on the next run", e)
+
+
+def onnx_ensemble(bundle: Bundle, threads: int) -> OnnxEnsemble:
+    """The bundle's graph from the cache when it verifies, else exported from the verified weights."""
+    data, status, found = cached_graph(bundle)
+    if data is None:
+        if status == "mismatch":
+            log.warning("%s", found)
+        data = build_graph(bundle)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest == expected_graph(bundle):
+            _store(data, digest)
     return OnnxEnsemble(data, threads)
+
+
+def record_graph(folder: Path) -> None:
+    """Export the bundle's graph, record its sha256 and the library versions in the manifest, and cache it
+    (called by ``export``). Without ONNX, or when the export fails, the bundle simply has no record."""
+    if unavailable_reason() is not None:
+        return
+    bundle = load_bundle(folder)
+    try:
+        data = build_graph(bundle)
+    except Exception as e:  # noqa: BLE001  (run.py falls back to PyTorch for such a network anyway)
+        log.warning("%s: no ONNX graph recorded (%s: %s); run.py will use PyTorch", folder, type(e).__name__, e)
+        return
+    digest = hashlib.sha256(data).hexdigest()
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    manifest["onnx"] = {"sha256": digest, "versions": versions()}
+    write_json(folder / MANIFEST, manifest)
+    _store(data, digest)
 
 
 def select_engine(bundle: Bundle, backend: str, device: torch.device, channels_last: bool = True,
@@ -132,7 +190,7 @@ def select_engine(bundle: Bundle, backend: str, device: torch.device, channels_l
                 raise
             except Exception as e:  # any export or runtime failure: PyTorch gives the same answers, slower
                 reason = f"export failed ({type(e).__name__}: {e})"
-        note = f"ONNX Runtime not used for {bundle.task.name}: {reason}; falling back to PyTorch"
+        note = f"ONNX Runtime not used for {bundle.name}: {reason}; falling back to PyTorch"
     elif backend == "onnx":
         note = (f"ONNX Runtime backend is for CPU; using PyTorch on {device}" if device.type != "cpu"
                 else f"ONNX Runtime backend runs fp32 only; using PyTorch for {precision}")

@@ -9,6 +9,7 @@ import csv
 import io
 import itertools
 import logging
+import os
 import re
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -24,18 +25,24 @@ from tqdm import tqdm
 from .atomic import write_text
 from .bundle import Bundle
 from .device import autocast
-from .images import ImageReadError, is_image_file, load_rgb, prepare
+from .images import ImageReadError, is_image_file, is_regular_file, load_rgb, prepare
 from .onnx_backend import select_engine
+from .task import ID_MODES
 
 log = logging.getLogger(__name__)
-ID_COLUMNS = ("id", "img_name")
 IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
+READ_TIMEOUT = 60.0  # seconds one image file may take to read before it is given up (predicted from the prior)
 
 
 @dataclass
 class TestImage:
     id: int
     path: Path
+
+    @property
+    def name(self) -> str:
+        """The file name as text; bytes that are not UTF-8 are written as \\xNN escapes."""
+        return os.fsencode(self.path.name).decode("utf-8", "backslashreplace")
 
 
 @dataclass
@@ -44,21 +51,32 @@ class FolderListing:
     problems: list[str] = field(default_factory=list)
 
 
-def list_test_images(folder: str | Path) -> FolderListing:
-    """Images sorted by the number in their name; id = that number.
+def natural_key(name: str):
+    """Sort key that orders the numbers inside names by value: img2 before img10."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part.lower()) for part in re.split(r"(\d+)", name) if part]
 
-    Names that are not numbers, and a second file with an id already taken (0001.jpg beside 0001.png),
-    are still predicted: sorted after the numbered ones and given the next free ids, and reported.
-    """
+
+def list_test_images(folder: str | Path, id_mode: str = "number") -> FolderListing:
+    """The images of a test folder, in id order, and a problem line for everything else in it.
+
+    ``number``: sorted by the number in the file name, which becomes the id. Names that are not numbers,
+    and a second file with an id already taken (0001.jpg beside 0001.png), are still predicted: sorted after
+    the numbered ones, given the next free ids, and reported. ``filename``: every image in natural name
+    order, numbered from 1 (the CSV names the file). Only regular files are opened; folders, hidden and
+    system files, other files and names that are not UTF-8 are reported."""
     folder = Path(folder)
     numbered, others, problems = [], [], []
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.name.lower() in IGNORED_NAMES or path.is_dir():
-            continue
-        if not is_image_file(path):
-            problems.append(f"{path}: not an image (jpg/jpeg/png/bmp), ignored")
-            continue
-        (numbered if re.fullmatch(r"\d+", path.stem) else others).append(path)
+        if path.is_dir():
+            problems.append(f"{path}: a folder inside the test folder, ignored")
+        elif path.name.startswith(".") or path.name.lower() in IGNORED_NAMES:
+            problems.append(f"{path}: hidden or system file, ignored")
+        elif not is_image_file(path) or not is_regular_file(path):
+            problems.append(f"{path}: not an image file (jpg/jpeg/png/bmp), ignored")
+        elif id_mode == "number" and re.fullmatch(r"\d+", path.stem):
+            numbered.append(path)
+        else:
+            others.append(path)
     numbered.sort(key=lambda p: (int(p.stem), p.suffix.lower(), p.name))
     images, taken = [], set()
     for path in numbered:
@@ -68,18 +86,23 @@ def list_test_images(folder: str | Path) -> FolderListing:
             taken.add(int(path.stem))
             images.append(TestImage(int(path.stem), path))
     next_id = max(taken, default=0) + 1
-    for path in sorted(others, key=lambda p: p.name):
-        images.append(TestImage(next_id, path))
-        why = "id already taken by another file" if re.fullmatch(r"\d+", path.stem) else "name is not a number"
-        problems.append(f"{path}: {why}; predicted with id {next_id}")
+    for path in sorted(others, key=lambda p: natural_key(os.fsdecode(p.name))):
+        image = TestImage(next_id, path)
+        images.append(image)
+        if id_mode == "number":
+            why = "id already taken by another file" if re.fullmatch(r"\d+", path.stem) else "name is not a number"
+            problems.append(f"{path}: {why}; predicted with id {next_id}")
         next_id += 1
+    for image in images:
+        if image.name != image.path.name:
+            problems.append(f"{folder / image.name}: file name is not valid UTF-8; written as {image.name!r}")
     return FolderListing(images, problems)
 
 
 def _decode(path: Path, size: int) -> tuple[np.ndarray, str]:
     """The model's uint8 HWC view of one image, or a black image and why the file could not be read."""
     try:
-        return prepare(load_rgb(path), size), ""
+        return prepare(load_rgb(path, READ_TIMEOUT), size), ""
     except ImageReadError as e:
         return np.zeros((size, size, 3), np.uint8), str(e)
     except Exception as e:  # anything else about one file must not stop the run either
@@ -161,7 +184,7 @@ def predict_paths(bundle: Bundle, paths: list[Path], device: torch.device, preci
     cv2_threads = cv2.getNumThreads()
     cv2.setNumThreads(1)  # one image per decode thread; OpenCV's own pool would fight the forward pass
     try:
-        with torch.inference_mode(), tqdm(total=len(paths), desc=bundle.task.name, unit="img",
+        with torch.inference_mode(), tqdm(total=len(paths), desc=bundle.name, unit="img",
                                           disable=not progress, leave=False) as bar:
             batches = ((images.to(device).contiguous(memory_format=engine.input_format), errors)
                        for images, errors in decoded_batches(paths, bundle.img_size, batch_size, workers))
@@ -173,23 +196,24 @@ def predict_paths(bundle: Bundle, paths: list[Path], device: torch.device, preci
                 bar.update(len(errors))
     finally:
         cv2.setNumThreads(cv2_threads)
-    out = np.concatenate(probs) if probs else np.zeros((0, bundle.task.num_outputs))
+    out = np.concatenate(probs) if probs else np.zeros((0, len(bundle.task.heads)))
     for index in failed:
         out[index] = bundle.prior
     return Prediction(out.astype(np.float64), failed)
 
 
-def format_csv(task_columns: tuple[str, ...], images: list[TestImage], labels: np.ndarray, id_column: str = "id") -> str:
-    if id_column not in ID_COLUMNS:
-        raise ValueError(f"id column must be one of {ID_COLUMNS}")
+def format_csv(task, images: list[TestImage], labels: np.ndarray, probs: np.ndarray, id_mode: str | None = None) -> str:
+    """The task's output CSV: the id column (the number, or the file name), then its label columns."""
+    out = task.output
+    id_mode = id_mode or out.id
+    header = out.id_header if id_mode == out.id else ID_MODES[id_mode]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([id_column, *task_columns])
-    labels = np.asarray(labels).reshape(len(images), -1)
-    for image, row in zip(images, labels):
-        writer.writerow([image.id if id_column == "id" else image.path.name, *[int(v) for v in row]])
+    writer.writerow([header, *out.columns])
+    for image, values in zip(images, task.kind.format_values(task, labels, probs)):
+        writer.writerow([image.id if id_mode == "number" else image.name, *values])
     return buffer.getvalue()
 
 
-def write_predictions(path: str | Path, task_columns, images, labels, id_column: str = "id") -> None:
-    write_text(path, format_csv(task_columns, images, labels, id_column))
+def write_predictions(path: str | Path, task, images, labels, probs, id_mode: str | None = None) -> None:
+    write_text(path, format_csv(task, images, labels, probs, id_mode))

@@ -1,22 +1,29 @@
-"""Score predictions with the competition formula: ``python -m model.score PRED_DIR GT_DIR``.
+"""Score prediction CSVs with each task's metric: ``python -m model.score PRED_DIR GT_DIR``.
 
-Reads cla_pre.csv / fea_pre.csv from PRED_DIR and cla_gt.csv / fea_gt.csv from GT_DIR. Rows are matched
-by id; a prediction file keyed by img_name is matched through GT_DIR's <task>_order.csv (id,image_name),
-or through the number in the file name when there is no order file. Missing ids count as wrong, and
-missing, extra, duplicate and malformed rows are all reported.
+The tasks come from the bundles in model/weights (``--weights DIR`` for others) or from task files
+(``--task FILE``, repeatable). For each task, PRED_DIR/<output.file> (say cla_pre.csv) is scored against
+GT_DIR/<the same name with _gt for _pre> (cla_gt.csv), which has an ``id`` column and the task's label
+columns. Rows are matched by id; a prediction file keyed by file name is matched through GT_DIR's
+<task>_order.csv (id,image_name), or through the number in the file name when there is no order file.
+Missing ids count as wrong, and missing, extra, duplicate and malformed rows are all reported. With
+several tasks, ``overall`` is their mean (for BI-RADS: 0.5 * cla + 0.5 * fea).
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import dataclasses
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
+import numpy as np
 
-from .metric import cla_score, fea_score, overall_score
-from .tasks import TASKS, Task
+from .bundle import WEIGHTS_DIR, find_bundles, read_manifest
+from .cli import guarded
+from .metric import overall_score
+from .task import load_task, task_from_dict
 
 
 class ScoreError(ValueError):
@@ -28,144 +35,176 @@ class TaskResult:
     task: str
     scores: dict
     problems: list[str] = field(default_factory=list)
+    missing: bool = False
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ScoreError(f"{path}: cannot parse as CSV ({e})") from e
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ScoreError(f"{path}: cannot read as a UTF-8 CSV ({e})") from e
+    if not rows:
+        raise ScoreError(f"{path}: empty file")
+    return [c.strip() for c in rows[0]], rows[1:]
 
 
-def _ids_from_names(names: pd.Series, gt_dir: Path, task: Task, problems: list[str]) -> pd.Series:
-    order_file = gt_dir / f"{task.name}_order.csv"
+def _columns(header, rows, names, path: Path) -> dict[str, list[str]]:
+    missing = [n for n in names if n not in header]
+    if missing:
+        raise ScoreError(f"{path}: header {header} lacks {missing}")
+    return {n: [r[header.index(n)] if header.index(n) < len(r) else "" for r in rows] for n in names}
+
+
+def truth_view(task):
+    """The task as its ground truth is written: labels (never probabilities) in the label columns."""
+    if task.output.values != "probabilities":
+        return task
+    columns = tuple(task.kind.output_columns(task.heads, "labels"))
+    return dataclasses.replace(task, output=dataclasses.replace(task.output, values="labels", columns=columns))
+
+
+def _ids_from_names(names: list[str], order_file: Path, problems: list[str]) -> list[int]:
+    mapping = {}
     if order_file.is_file():
-        order = _read_csv(order_file)
-        mapping = dict(zip(order["image_name"], order["id"].astype(int)))
-    else:
-        mapping = {}
+        header, rows = _read_csv(order_file)
+        columns = _columns(header, rows, ["id", "image_name"], order_file)
+        mapping = {name: int(i) for i, name in zip(columns["id"], columns["image_name"])}
     ids = []
     for name in names:
         if name in mapping:
             ids.append(mapping[name])
-        elif re.fullmatch(r"\d+", Path(name).stem) and not mapping:
+        elif not mapping and re.fullmatch(r"\d+", Path(name).stem):
             ids.append(int(Path(name).stem))
         else:
-            problems.append(f"img_name {name!r} is not in {order_file.name}" if mapping
-                            else f"img_name {name!r} has no number in it")
+            problems.append(f"file name {name!r} is not in {order_file.name}" if mapping
+                            else f"file name {name!r} has no number in it (and there is no {order_file.name})")
             ids.append(-1)
-    return pd.Series(ids, index=names.index)
+    return ids
 
 
-def _parse_labels(frame: pd.DataFrame, columns, allowed, path: Path, problems: list[str]) -> pd.DataFrame:
-    out = pd.DataFrame(index=frame.index)
-    for column in columns:
-        values = pd.to_numeric(frame[column].str.strip(), errors="coerce")
-        bad = values.isna() | ~values.isin(allowed)
-        for row in frame.index[bad][:10]:
-            problems.append(f"{path.name} row {row + 2}: {column}={frame.at[row, column]!r} is not one of {sorted(allowed)}")
-        if bad.sum() > 10:
-            problems.append(f"{path.name}: {int(bad.sum()) - 10} more malformed {column} values")
-        out[column] = values.where(~bad, -1).astype(int)
-    return out
-
-
-def score_task(task: Task, pred_path: Path, gt_path: Path) -> TaskResult:
+def score_task(task, pred_path: Path, gt_path: Path) -> TaskResult:
     problems: list[str] = []
-    gt, pred = _read_csv(gt_path), _read_csv(pred_path)
-    columns = list(task.label_columns)
-    allowed = set(range(task.num_outputs)) if not task.multilabel else {0, 1}
-    for frame, path, key_options in ((gt, gt_path, ("id",)), (pred, pred_path, ("id", "img_name"))):
-        if not frame.columns.size or frame.columns[0] not in key_options or set(columns) - set(frame.columns):
-            raise ScoreError(f"{path}: header {list(frame.columns)} should be "
-                             f"{' or '.join(k for k in key_options)},{','.join(columns)}")
-    gt_ids = pd.to_numeric(gt["id"], errors="coerce")
-    if gt_ids.isna().any():
-        raise ScoreError(f"{gt_path}: non-numeric ids in the ground truth")
-    if pred.columns[0] == "id":
-        pred_ids = pd.to_numeric(pred["id"].str.strip(), errors="coerce")
-        for row in pred.index[pred_ids.isna()]:
-            problems.append(f"{pred_path.name} row {row + 2}: id {pred.at[row, 'id']!r} is not a number")
-        pred_ids = pred_ids.fillna(-1).astype(int)
+    gt_task = truth_view(task)
+    gt_header, gt_rows = _read_csv(gt_path)
+    if not gt_header or gt_header[0] != "id":
+        raise ScoreError(f"{gt_path}: the first column should be id, found {gt_header[:1]}")
+    gt_values = _columns(gt_header, gt_rows, list(gt_task.output.columns), gt_path)
+    try:
+        gt_ids = [int(v) for v in (r[0] for r in gt_rows)]
+    except ValueError:
+        raise ScoreError(f"{gt_path}: non-numeric ids in the ground truth") from None
+    y_true, _, gt_problems = gt_task.kind.parse_values(gt_task, gt_values)
+    problems += [f"{gt_path.name} {p}" for p in gt_problems]
+
+    header, rows = _read_csv(pred_path)
+    keys = ("id", task.output.id_header, "img_name")
+    if not header or header[0] not in keys:
+        raise ScoreError(f"{pred_path}: header {header} should start with {' or '.join(dict.fromkeys(keys))}, "
+                         f"then {','.join(task.output.columns)}")
+    values = _columns(header, rows, list(task.output.columns), pred_path)
+    first = [r[0].strip() if r else "" for r in rows]
+    if all(re.fullmatch(r"\d+", v) for v in first) and header[0] != "img_name":
+        pred_ids = [int(v) for v in first]
     else:
-        pred_ids = _ids_from_names(pred["img_name"], gt_path.parent, task, problems)
-    labels = _parse_labels(pred, columns, allowed, pred_path, problems)
-    labels.index = pred_ids
-    duplicated = labels.index[labels.index.duplicated() & (labels.index >= 0)]
-    for dup in sorted(set(duplicated)):
-        problems.append(f"{pred_path.name}: id {dup} appears more than once; the first row is used")
-    labels = labels[~labels.index.duplicated()]
-    gt_ids = gt_ids.astype(int)
-    missing = sorted(set(gt_ids) - set(labels.index))
-    extra = sorted(set(labels.index) - set(gt_ids) - {-1})
+        prefix = gt_path.name.removesuffix("_gt.csv")
+        pred_ids = _ids_from_names(first, gt_path.parent / f"{prefix}_order.csv", problems)
+    labels, probs, label_problems = task.kind.parse_values(task, values)
+    problems += [f"{pred_path.name} {p}" for p in label_problems]
+    position: dict[int, int] = {}
+    for row, pid in enumerate(pred_ids):
+        if pid in position and pid >= 0:
+            problems.append(f"{pred_path.name}: id {pid} appears more than once; the first row is used")
+        elif pid >= 0:
+            position[pid] = row
+    missing = [i for i in gt_ids if i not in position]
+    extra = sorted(set(position) - set(gt_ids))
     if missing:
         problems.append(f"{len(missing)} id(s) of the ground truth have no prediction (counted wrong): "
                         f"{missing[:20]}{' ...' if len(missing) > 20 else ''}")
     if extra:
         problems.append(f"{len(extra)} predicted id(s) are not in the ground truth (ignored): "
                         f"{extra[:20]}{' ...' if len(extra) > 20 else ''}")
-    y_pred = labels.reindex(gt_ids.values).fillna(-1).astype(int).to_numpy()
-    y_true = _parse_labels(gt, columns, allowed, gt_path, problems).to_numpy()
-    scores = cla_score(y_true[:, 0], y_pred[:, 0]) if not task.multilabel else fea_score(y_true, y_pred)
-    scores["n"] = int(len(gt_ids))
+    wrong = np.full(labels.shape[1:], -2) if labels.ndim > 1 else -2  # -2: wrong whatever the truth
+    y_pred = np.array([labels[position[i]] if i in position else wrong for i in gt_ids])
+    p = None
+    if probs is not None and not missing:
+        p = np.array([probs[position[i]] for i in gt_ids])
+    scores = task.kind.scores(task, y_true, y_pred, p) if task.metric != "auc" or p is not None else \
+        {"score": float("nan")}
+    if task.metric == "auc" and p is None:
+        problems.append("the metric is AUC, which needs a probability for every image (output.values: probabilities)")
+    scores["n"] = len(gt_ids)
     return TaskResult(task.name, scores, problems)
 
 
-def score_folder(pred_dir: str | Path, gt_dir: str | Path) -> dict:
-    """Scores of every task whose prediction and ground-truth files are both present."""
+def score_folder(pred_dir: str | Path, gt_dir: str | Path, tasks) -> dict:
+    """Scores of every task whose ground truth is in ``gt_dir``."""
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    if not pred_dir.is_dir():
+        raise ScoreError(f"{pred_dir}: prediction folder not found")
+    if not gt_dir.is_dir():
+        raise ScoreError(f"{gt_dir}: ground-truth folder not found")
     results = {}
-    for task in TASKS.values():
-        pred, gt = pred_dir / f"{task.name}_pre.csv", gt_dir / f"{task.name}_gt.csv"
+    for task in tasks:
+        pred, gt = pred_dir / task.output.file, gt_dir / task.gt_file
         if gt.is_file() and not pred.is_file():
-            results[task.name] = TaskResult(task.name, {"score": 0.0}, [f"{pred}: missing, task scored 0"])
+            results[task.name] = TaskResult(task.name, {"score": 0.0}, [f"{pred}: missing, task scored 0"], missing=True)
         elif gt.is_file():
             results[task.name] = score_task(task, pred, gt)
     if not results:
-        raise ScoreError(f"{gt_dir}: no cla_gt.csv or fea_gt.csv here")
-    out = {name: {"scores": r.scores, "problems": r.problems} for name, r in results.items()}
-    if {"cla", "fea"} <= set(results):
-        out["overall"] = overall_score(results["cla"].scores["score"], results["fea"].scores["score"])
+        raise ScoreError(f"{gt_dir}: no ground truth for the tasks {', '.join(t.name for t in tasks)} "
+                         f"(looked for {', '.join(t.gt_file for t in tasks)})")
+    out = {name: {"scores": r.scores, "problems": r.problems, "missing": r.missing} for name, r in results.items()}
+    if len(results) > 1:
+        out["overall"] = overall_score(r.scores["score"] for r in results.values())
     return out
 
 
 def format_report(report: dict) -> str:
     lines = []
-    if "cla" in report:
-        s = report["cla"]["scores"]
-        lines.append(f"cla      {s['score']:.4f}   accuracy {s.get('accuracy', float('nan')):.4f}   "
-                     f"macro-F1 {s.get('macro_f1', float('nan')):.4f}   (n={s.get('n', 0)})")
-    if "fea" in report:
-        s = report["fea"]["scores"]
-        lines.append(f"fea      {s['score']:.4f}   (n={s.get('n', 0)})")
-        for name, part in s.get("features", {}).items():
-            lines.append(f"  {name:<14}{part['score']:.4f}   accuracy {part['accuracy']:.4f}   F1 {part['f1']:.4f}")
+    for name, entry in report.items():
+        if name == "overall":
+            continue
+        s = entry["scores"]
+        parts = "   ".join(f"{k.replace('_', '-')} {s[k]:.4f}" for k in ("accuracy", "macro_f1", "balanced_accuracy", "auc")
+                           if isinstance(s.get(k), float))
+        lines.append(f"{name:<8} {s['score']:.4f}   {parts}   (n={s.get('n', 0)})")
+        for label, part in s.get("labels", {}).items():
+            lines.append(f"  {label:<14}{part['score']:.4f}   accuracy {part['accuracy']:.4f}   F1 {part['f1']:.4f}")
     if "overall" in report:
         lines.append(f"overall  {report['overall']:.4f}")
-    for name in ("cla", "fea"):
-        for problem in report.get(name, {}).get("problems", []):
-            lines.append(f"! {name}: {problem}")
+    for name, entry in report.items():
+        if name != "overall":
+            lines += [f"! {name}: {problem}" for problem in entry["problems"]]
     return "\n".join(lines)
+
+
+def tasks_from(weights: Path | None, task_files: list[Path]) -> list:
+    if task_files:
+        return [load_task(path) for path in task_files]
+    folders, _ = find_bundles(weights or WEIGHTS_DIR)
+    if not folders:
+        raise ScoreError(f"{weights or WEIGHTS_DIR}: no bundle to take the tasks from; pass --task FILE")
+    return [task_from_dict(read_manifest(f)["task"], str(f)) for f in folders]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m model.score", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("pred_dir", type=Path, help="folder with cla_pre.csv and/or fea_pre.csv")
-    p.add_argument("gt_dir", type=Path, help="folder with cla_gt.csv and/or fea_gt.csv (and *_order.csv)")
+    p.add_argument("pred_dir", type=Path, help="folder with the prediction CSVs (cla_pre.csv, ...)")
+    p.add_argument("gt_dir", type=Path, help="folder with the ground truth (cla_gt.csv, ...; *_order.csv)")
+    p.add_argument("--weights", type=Path, help="take the tasks from these bundles (default model/weights)")
+    p.add_argument("--task", type=Path, action="append", default=[], help="take the task from this task file (repeatable)")
     p.add_argument("--json", type=Path, help="also write the full report to this JSON file")
     args = p.parse_args(argv)
-    try:
-        report = score_folder(args.pred_dir, args.gt_dir)
-    except (ScoreError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    report = score_folder(args.pred_dir, args.gt_dir, tasks_from(args.weights, args.task))
     print(format_report(report))
     if args.json:
         from .atomic import write_json
         write_json(args.json, report)
-    return 0
+    return 1 if any(entry.get("missing") for entry in report.values() if isinstance(entry, dict)) else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(main))

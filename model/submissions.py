@@ -2,10 +2,12 @@
 
     record NAME [--pred-dir DIR] [--gt DIR] [--notes TEXT]   archive the CSVs, manifests, commit and scores
     public NAME SCORE                                         enter the public leaderboard score later
-    plot [--out FILE]                                         OOF overall against public score (PNG)
+    plot [--out FILE]                                         OOF score against leaderboard and local scores (PNG)
     list                                                      print the leaderboard
 
-Each submission is archived in submissions/<date>-<name>/ and gets one row in submissions/leaderboard.csv.
+Each submission is archived in submissions/<date>-<name>/ and gets one row in submissions/leaderboard.csv:
+the OOF (CV) score of each task's bundle, the local score of each task on a labelled set when --gt is
+given, and their means over the tasks (``oof_overall``, ``local_overall``).
 """
 from __future__ import annotations
 
@@ -21,14 +23,15 @@ from pathlib import Path
 import pandas as pd
 
 from .atomic import atomic_path, write_json
-from .bundle import MANIFEST, WEIGHTS_DIR, read_manifest
+from .bundle import MANIFEST, WEIGHTS_DIR, find_bundles, read_manifest
+from .cli import guarded
 from .metric import overall_score
 from .score import score_folder
+from .task import task_from_dict
 
 PROJECT = Path(__file__).resolve().parents[1]
 SUBMISSIONS = PROJECT / "submissions"
-COLUMNS = ["name", "date", "commit", "oof_cla", "oof_fea", "oof_overall", "local_cla", "local_fea",
-           "local_overall", "public_score", "notes", "folder"]
+BASE_COLUMNS = ["name", "date", "commit", "oof_overall", "local_overall", "public_score", "notes", "folder"]
 
 
 class SubmissionError(ValueError):
@@ -49,13 +52,19 @@ def git_commit(project: Path = PROJECT) -> str:
 def read_leaderboard(root: Path = SUBMISSIONS) -> pd.DataFrame:
     path = root / "leaderboard.csv"
     if not path.is_file():
-        return pd.DataFrame(columns=COLUMNS)
+        return pd.DataFrame(columns=BASE_COLUMNS)
     return pd.read_csv(path, dtype={"name": str, "commit": str, "notes": str, "folder": str}, keep_default_na=False)
 
 
 def _write_leaderboard(frame: pd.DataFrame, root: Path) -> None:
+    extra = sorted(c for c in frame.columns if c not in BASE_COLUMNS)  # oof_<task>, local_<task>
     with atomic_path(root / "leaderboard.csv") as tmp:
-        frame[COLUMNS].to_csv(tmp, index=False)
+        frame[BASE_COLUMNS[:3] + extra + BASE_COLUMNS[3:]].to_csv(tmp, index=False)
+
+
+def _mean(values) -> float | None:
+    values = list(values)
+    return overall_score(values) if values and None not in values else None
 
 
 def record(name: str, pred_dir: Path, weights: Path = WEIGHTS_DIR, gt_dir: Path | None = None, notes: str = "",
@@ -65,29 +74,33 @@ def record(name: str, pred_dir: Path, weights: Path = WEIGHTS_DIR, gt_dir: Path 
     board = read_leaderboard(root)
     if name in set(board["name"]):
         raise SubmissionError(f"a submission named {name!r} is already recorded; choose another name")
-    csvs = [pred_dir / f"{task}_pre.csv" for task in ("cla", "fea")]
+    folders, problems = find_bundles(weights)
+    if problems:
+        raise SubmissionError("; ".join(problems))
+    manifests = {f: read_manifest(f) for f in folders}
+    tasks = {f: task_from_dict(m["task"], str(f)) for f, m in manifests.items()}
+    csvs = [pred_dir / task.output.file for task in tasks.values()]
     missing = [str(p) for p in csvs if not p.is_file()]
     if missing:
         raise SubmissionError(f"missing {', '.join(missing)}: run python run.py first")
     date = (today or dt.date.today()).isoformat()
     folder = root / f"{date}-{name}"
-    oof = {}
     staging = root / f".{folder.name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     for csv in csvs:
         shutil.copy2(csv, staging / csv.name)
-    for task in ("cla", "fea"):
-        manifest = read_manifest(weights / task)
-        shutil.copy2(weights / task / MANIFEST, staging / f"{task}_{MANIFEST}")
-        oof[task] = manifest.get("cv", {}).get("oof_score_tuned_rule")
-    local = score_folder(pred_dir, gt_dir) if gt_dir else {}
-    row = {"name": name, "date": date, "commit": git_commit(), "oof_cla": oof["cla"], "oof_fea": oof["fea"],
-           "oof_overall": overall_score(oof["cla"], oof["fea"]) if None not in oof.values() else None,
-           "local_cla": local.get("cla", {}).get("scores", {}).get("score"),
-           "local_fea": local.get("fea", {}).get("scores", {}).get("score"),
-           "local_overall": local.get("overall"), "public_score": None, "notes": notes,
-           "folder": folder.relative_to(root).as_posix()}
+    oof = {}
+    for bundle_folder, task in tasks.items():
+        shutil.copy2(bundle_folder / MANIFEST, staging / f"{task.name}_{MANIFEST}")
+        oof[task.name] = (manifests[bundle_folder].get("cv") or {}).get("oof_score_tuned_rule")
+    local = score_folder(pred_dir, gt_dir, list(tasks.values())) if gt_dir else {}
+    local_scores = {t: entry["scores"]["score"] for t, entry in local.items() if t != "overall"}
+    row = {"name": name, "date": date, "commit": git_commit(),
+           **{f"oof_{t}": v for t, v in oof.items()}, "oof_overall": _mean(oof.values()),
+           **{f"local_{t}": v for t, v in local_scores.items()},
+           "local_overall": _mean(local_scores.values()) if local_scores else None,
+           "public_score": None, "notes": notes, "folder": folder.relative_to(root).as_posix()}
     write_json(staging / "submission.json", {**row, "local_report": local})
     staging.rename(folder)
     _write_leaderboard(pd.concat([board, pd.DataFrame([row])], ignore_index=True), root)
@@ -104,6 +117,8 @@ def set_public(name: str, score: float, root: Path = SUBMISSIONS) -> None:
 
 
 def plot(out: Path, root: Path = SUBMISSIONS) -> Path:
+    """OOF score (x) against the public score (dots) and the local score (crosses) of every submission that
+    has an OOF score and either of the others."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -111,23 +126,25 @@ def plot(out: Path, root: Path = SUBMISSIONS) -> Path:
     board = read_leaderboard(root)
     for column in ("oof_overall", "public_score", "local_overall"):
         board[column] = pd.to_numeric(board[column], errors="coerce")
-    board = board[board["public_score"].notna() & board["oof_overall"].notna()]
+    board = board[board["oof_overall"].notna() & (board["public_score"].notna() | board["local_overall"].notna())]
     if board.empty:
-        raise SubmissionError("no submission has both an OOF score and a public score yet: "
-                              "python -m model.submissions public NAME SCORE")
-    x, y = board["oof_overall"], board["public_score"]
+        raise SubmissionError("no submission has an OOF score and a public or local score yet: "
+                              "record with --gt, or python -m model.submissions public NAME SCORE")
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    ax.scatter(x, y, color="tab:blue", label="public leaderboard")
-    local = board["local_overall"]
+    x = board["oof_overall"]
+    public, local = board["public_score"], board["local_overall"]
+    if public.notna().any():
+        ax.scatter(x[public.notna()], public[public.notna()], color="tab:blue", label="public leaderboard")
     if local.notna().any():
-        ax.scatter(x[local.notna()], local[local.notna()], marker="x", color="tab:orange", label="local testA")
-    for name, xi, yi in zip(board["name"], x, y):
+        ax.scatter(x[local.notna()], local[local.notna()], marker="x", color="tab:orange", label="local (labelled set)")
+    for name, xi, yi in zip(board["name"], x, public.fillna(local)):
         ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    low, high = min(x.min(), y.min()) - 0.02, max(x.max(), y.max()) + 0.02
-    ax.plot([low, high], [low, high], ":", color="grey", label="CV = LB")
+    ys = pd.concat([public.dropna(), local.dropna()])
+    low, high = min(x.min(), ys.min()) - 0.02, max(x.max(), ys.max()) + 0.02
+    ax.plot([low, high], [low, high], ":", color="grey", label="CV = test")
     ax.set_xlabel("OOF overall score (CV)")
-    ax.set_ylabel("leaderboard score")
-    ax.set_title("Does CV track the leaderboard?")
+    ax.set_ylabel("test score")
+    ax.set_title(f"Does CV track the test scores? ({len(board)} submissions)")
     ax.legend(fontsize=8)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
@@ -141,33 +158,28 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("record", help="archive the current CSVs and bundle manifests")
     r.add_argument("name")
-    r.add_argument("--pred-dir", type=Path, default=PROJECT, help="where cla_pre.csv/fea_pre.csv are (default: project)")
+    r.add_argument("--pred-dir", type=Path, default=PROJECT, help="where the CSVs are (default: the project folder)")
     r.add_argument("--weights", type=Path, default=WEIGHTS_DIR)
-    r.add_argument("--gt", type=Path, help="ground-truth folder (e.g. the labelled testA) for a local score")
+    r.add_argument("--gt", type=Path, help="ground-truth folder (e.g. a labelled test set) for a local score")
     r.add_argument("--notes", default="")
     s = sub.add_parser("public", help="enter the public leaderboard score of a submission")
     s.add_argument("name")
     s.add_argument("score", type=float)
-    g = sub.add_parser("plot", help="plot OOF score against leaderboard score")
+    g = sub.add_parser("plot", help="plot OOF score against leaderboard and local scores")
     g.add_argument("--out", type=Path, default=SUBMISSIONS / "cv_vs_lb.png")
     sub.add_parser("list", help="print the leaderboard")
     args = p.parse_args(argv)
-    try:
-        if args.command == "record":
-            row = record(args.name, args.pred_dir, args.weights, args.gt, args.notes)
-            print(json.dumps(row, indent=2, default=str))
-        elif args.command == "public":
-            set_public(args.name, args.score)
-            print(f"{args.name}: public score {args.score}")
-        elif args.command == "plot":
-            print(f"wrote {plot(args.out)}")
-        else:
-            print(read_leaderboard().to_string(index=False))
-    except (SubmissionError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.command == "record":
+        print(json.dumps(record(args.name, args.pred_dir, args.weights, args.gt, args.notes), indent=2, default=str))
+    elif args.command == "public":
+        set_public(args.name, args.score)
+        print(f"{args.name}: public score {args.score}")
+    elif args.command == "plot":
+        print(f"wrote {plot(args.out)}")
+    else:
+        print(read_leaderboard().to_string(index=False))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded(main))

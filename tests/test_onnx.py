@@ -1,5 +1,5 @@
-import os
-import stat
+import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +13,7 @@ import model.bundle as bundle_module
 import model.onnx_backend as onnx_backend
 import run
 from model.bundle import load_bundle, make_tta
-from model.onnx_backend import CACHE, select_engine
+from model.onnx_backend import cache_dir, cached_graph, record_graph, select_engine
 from model.predict import predict_paths
 from tests.helpers import make_bundle, make_test_folder
 
@@ -21,8 +21,21 @@ PROJECT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(onnx_backend.unavailable_reason() is not None, reason="onnx/onnxruntime not installed")
 
 
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty graph cache of this test's own."""
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "onnx"
+
+
+def recorded_bundle(folder, task, seed=0):
+    make_bundle(folder, task, seed=seed)
+    record_graph(folder)
+    return folder
+
+
 @pytest.mark.parametrize("task", ["cla", "fea"])
-def test_onnx_runtime_matches_pytorch(tmp_path, task):
+def test_onnx_runtime_matches_pytorch(tmp_path, task, cache):
     bundle = load_bundle(make_bundle(tmp_path / task, task, folds=2))
     paths = sorted(make_test_folder(tmp_path / "testB", n=5).joinpath(task).iterdir())
     engine, note = select_engine(bundle, "onnx", torch.device("cpu"))
@@ -34,36 +47,75 @@ def test_onnx_runtime_matches_pytorch(tmp_path, task):
     assert (bundle.task.decide(fast.probs) == bundle.task.decide(reference.probs)).all()
 
 
-def test_exported_graph_is_cached_and_reused(tmp_path):
-    bundle = load_bundle(make_bundle(tmp_path / "cla", "cla"))
-    select_engine(bundle, "onnx", torch.device("cpu"))
-    (cached,) = (tmp_path / "cla" / CACHE).glob("ensemble-*.onnx")
-    before = cached.stat().st_mtime_ns
-    assert stat.S_IMODE(cached.stat().st_mode) & 0o044  # readable by others, like any output
-    select_engine(bundle, "onnx", torch.device("cpu"))
-    assert cached.stat().st_mtime_ns == before
+def test_export_records_the_graph_and_run_reuses_the_verified_cache(tmp_path, cache, monkeypatch):
+    folder = recorded_bundle(tmp_path / "cla", "cla")
+    record = json.loads((folder / "manifest.json").read_text())["onnx"]
+    cached = cache / f"{record['sha256']}.onnx"
+    assert hashlib.sha256(cached.read_bytes()).hexdigest() == record["sha256"]
+    assert cached.stat().st_mode & 0o044 == 0o044                   # readable by others, like any output
+    assert not any(p.suffix == ".onnx" for p in folder.rglob("*"))  # nothing cached inside the bundle
 
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into a read-only folder")
-def test_read_only_bundle_folder_still_uses_onnx(tmp_path):
-    folder = make_bundle(tmp_path / "cla", "cla")
-    bundle = load_bundle(folder)
-    folder.chmod(0o555)
-    try:
-        engine, note = select_engine(bundle, "onnx", torch.device("cpu"))
-    finally:
-        folder.chmod(0o755)
+    def no_export(bundle):
+        raise AssertionError("exported although a verified graph is cached")
+    monkeypatch.setattr(onnx_backend, "export_ensemble", no_export)
+    engine, note = select_engine(load_bundle(folder, lazy=True), "onnx", torch.device("cpu"))
     assert engine.name == "onnxruntime" and note is None
 
 
-def test_falls_back_to_pytorch_when_onnx_is_missing_or_fails(tmp_path, weights, monkeypatch, capsys):
+def test_the_same_bundle_exports_the_same_graph(tmp_path, cache):
+    """What makes the recorded hash usable: the export is deterministic for given weights and versions."""
+    folder = make_bundle(tmp_path / "fea", "fea")
+    first = onnx_backend.build_graph(load_bundle(folder))
+    assert onnx_backend.build_graph(load_bundle(folder)) == first
+
+
+def test_a_doctored_cached_graph_is_never_run(tmp_path, cache):
+    folder = recorded_bundle(tmp_path / "cla", "cla")
+    other = recorded_bundle(tmp_path / "other", "cla", seed=5)     # a valid graph with other weights
+    cached = cache / f"{json.loads((folder / 'manifest.json').read_text())['onnx']['sha256']}.onnx"
+    good = cached.read_bytes()
+    doctored = (cache / f"{json.loads((other / 'manifest.json').read_text())['onnx']['sha256']}.onnx").read_bytes()
+    cached.write_bytes(doctored)
+    bundle = load_bundle(folder, lazy=True)
+    assert cached_graph(bundle)[1] == "mismatch"
+    test_dir = make_test_folder(tmp_path / "testB", n=4)
+    paths = sorted((test_dir / "cla").iterdir())
+    engine, _ = select_engine(bundle, "onnx", torch.device("cpu"))
+    served = predict_paths(bundle, paths, torch.device("cpu"), progress=False, engine=engine)
+    reference = predict_paths(load_bundle(folder), paths, torch.device("cpu"), progress=False, channels_last=False)
+    assert np.abs(served.probs - reference.probs).max() < 1e-4      # the bundle's own weights, not the doctored graph
+    assert cached.read_bytes() == good                              # and the cache is repaired
+
+
+def test_a_truncated_cached_graph_is_exported_again(tmp_path, cache):
+    folder = recorded_bundle(tmp_path / "cla", "cla")
+    (cached,) = cache.glob("*.onnx")
+    good = cached.read_bytes()
+    cached.write_bytes(good[: len(good) // 3])  # as by a full disk
+    engine, note = select_engine(load_bundle(folder, lazy=True), "onnx", torch.device("cpu"))
+    assert engine.name == "onnxruntime" and note is None and cached.read_bytes() == good
+
+
+def test_run_never_writes_into_the_bundle_and_works_without_a_writable_cache(tmp_path, monkeypatch):
+    folder = make_bundle(tmp_path / "w/cla", "cla")
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+    (tmp_path / "blocker").write_text("a file where the cache folder would go")
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "blocker"))  # mkdir fails, even for root
+    test_dir = make_test_folder(tmp_path / "testB", n=2)
+    assert run.main(["--weights", str(tmp_path / "w"), "--test-dir", str(test_dir), "--out-dir", str(tmp_path / "out"),
+                     "--quiet", "--device", "cpu"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before
+    assert len(pd.read_csv(tmp_path / "out/cla_pre.csv")) == 2
+
+
+def test_falls_back_to_pytorch_when_onnx_is_missing_or_fails(tmp_path, weights, monkeypatch, capsys, cache):
     monkeypatch.setattr(onnx_backend, "unavailable_reason", lambda: "onnxruntime is not installed")
     test_dir = make_test_folder(tmp_path / "testB", n=3)
     assert run.main(["--weights", str(weights), "--test-dir", str(test_dir), "--out-dir", str(tmp_path / "a"),
-                     "--quiet", "--workers", "0", "--backend", "onnx"]) == 0
+                     "--quiet", "--workers", "0", "--backend", "onnx", "--device", "cpu"]) == 0
     captured = capsys.readouterr()
     assert "ONNX Runtime not used for cla: onnxruntime is not installed; falling back to PyTorch" in captured.err
-    assert "(pytorch)" in captured.out
+    assert "(pytorch" in captured.out
     monkeypatch.undo()
 
     def broken_export(bundle):
@@ -87,26 +139,14 @@ def test_parallel_streams_give_the_same_probabilities(tmp_path):
     np.testing.assert_array_equal(parallel.probs, serial.probs)  # same batches, same order: bit for bit
 
 
-def test_cached_graph_runs_without_reading_the_checkpoints(tmp_path, monkeypatch):
-    folder = make_bundle(tmp_path / "cla", "cla")
-    select_engine(load_bundle(folder), "onnx", torch.device("cpu"))  # exports and caches
+def test_cached_graph_runs_without_reading_the_checkpoints(tmp_path, monkeypatch, cache):
+    folder = recorded_bundle(tmp_path / "cla", "cla")
 
     def unreadable(path):
         raise AssertionError(f"{path} read although the cached graph serves")
     monkeypatch.setattr(bundle_module, "load_checkpoint", unreadable)
     engine, note = select_engine(load_bundle(folder, lazy=True), "onnx", torch.device("cpu"))
     assert engine.name == "onnxruntime" and note is None
-
-
-def test_unusable_cached_graph_is_exported_again(tmp_path):
-    folder = make_bundle(tmp_path / "cla", "cla")
-    select_engine(load_bundle(folder), "onnx", torch.device("cpu"))
-    (cached,) = (folder / CACHE).glob("ensemble-*.onnx")
-    good = cached.read_bytes()
-    cached.write_bytes(good[: len(good) // 3])  # truncated, as by a full disk
-    engine, note = select_engine(load_bundle(folder, lazy=True), "onnx", torch.device("cpu"))
-    assert engine.name == "onnxruntime" and note is None
-    assert cached.read_bytes() == good
 
 
 def test_bf16_on_cpu_runs_on_pytorch(tmp_path):
@@ -117,16 +157,18 @@ def test_bf16_on_cpu_runs_on_pytorch(tmp_path):
     assert engine.name == "pytorch" and "fp32 only" in note
 
 
-def test_run_on_cached_graphs_never_imports_timm(tmp_path):
+def test_run_on_cached_graphs_never_imports_timm(tmp_path, cache):
     """timm (and torchvision under it) costs 2 s of start-up that a run served by cached graphs does not need."""
     weights = tmp_path / "w"
     for name in ("cla", "fea"):
-        select_engine(load_bundle(make_bundle(weights / name, name)), "onnx", torch.device("cpu"))  # caches
+        recorded_bundle(weights / name, name)
     test_dir = make_test_folder(tmp_path / "testB", n=2)
     code = ("import sys, run; code = run.main(sys.argv[1:]); "
             "assert 'timm' not in sys.modules, 'timm imported'; sys.exit(code)")
     result = subprocess.run([sys.executable, "-c", code, "--weights", str(weights), "--test-dir", str(test_dir),
                              "--out-dir", str(tmp_path / "out"), "--quiet", "--device", "cpu"],
-                            cwd=PROJECT, capture_output=True, text=True, timeout=300)
+                            cwd=PROJECT, capture_output=True, text=True, timeout=300,
+                            env={**__import__("os").environ, "HARNESS_CACHE_DIR": str(cache.parent)})
     assert result.returncode == 0, result.stderr
-    assert "(onnxruntime)" in result.stdout and (tmp_path / "out/fea_pre.csv").is_file()
+    assert "(onnxruntime" in result.stdout and (tmp_path / "out/fea_pre.csv").is_file()
+    assert cache_dir() == cache

@@ -4,21 +4,19 @@ import optuna
 import pytest
 import yaml
 
+from model.training.cli import main as cli_main
 from model.training.config import build_config
 from model.training.experiment import train
-from model.training.tune import main as tune_main
 from model.training.tune import tune
-from tests.helpers import TEST_BACKBONE, TEST_SIZE, make_cla_data, make_fea_data
-from train_cls.recipe import SPEC as CLA_SPEC
-from train_fea.recipe import SPEC as FEA_SPEC
+from tests.helpers import CLA_TASK, FEA_TASK, TEST_BACKBONE, TEST_SIZE, make_cla_data, make_fea_data
 
 SPACE = {"lr": {"low": 1e-4, "high": 1e-2, "log": True}, "label_smoothing": {"low": 0.0, "high": 0.2}}
 
 
-def base_config(spec, tmp_path, data):
-    return dataclasses.replace(spec.defaults, data=str(data), folds="0", backbone=TEST_BACKBONE, pretrained="none",
-                               img_size=TEST_SIZE, epochs=2, batch_size=8, n_folds=2, workers=0,
-                               folds_dir=str(tmp_path / "folds"))
+def base_config(task, tmp_path, data):
+    return build_config(task, overrides=dict(data=str(data), folds="0", backbone=TEST_BACKBONE, pretrained="none",
+                                             img_size=TEST_SIZE, epochs=2, batch_size=8, n_folds=2, workers=0,
+                                             folds_dir=str(tmp_path / "folds")))
 
 
 def write_space(tmp_path, space=SPACE):
@@ -30,40 +28,42 @@ def write_space(tmp_path, space=SPACE):
 def test_study_runs_resumes_and_exports_a_config_that_trains(tmp_path):
     data = make_cla_data(tmp_path / "data", per_class=3)
     space, out = write_space(tmp_path), tmp_path / "study"
-    first = tune(CLA_SPEC, base_config(CLA_SPEC, tmp_path, data), 2, None, None, "s", space, out)
+    first = tune(CLA_TASK, base_config(CLA_TASK, tmp_path, data), 2, None, None, "s", space, out)
     assert first["trials"] == {"COMPLETE": 2} and first["new_trials"] == 2
     assert (out / "study.db").is_file() and (out / "trial-0/fold0/done.json").is_file()
-    second = tune(CLA_SPEC, base_config(CLA_SPEC, tmp_path, data), 1, None, None, "s", space, out)
+    second = tune(CLA_TASK, base_config(CLA_TASK, tmp_path, data), 1, None, None, "s", space, out)
     assert second["trials"] == {"COMPLETE": 3} and second["new_trials"] == 1
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{out / 'study.db'}")
     assert len({t.params["lr"] for t in study.trials}) == 3          # no trial repeated
-    best = build_config(CLA_SPEC.defaults, out / "best_config.yaml")
+    best = build_config(CLA_TASK, out / "best_config.yaml")
     assert best.lr == pytest.approx(study.best_trial.params["lr"]) and best.folds == "all"
     assert best.data == str(data)
-    metrics = train(CLA_SPEC, dataclasses.replace(best, out=str(tmp_path / "from_best"), epochs=1))
+    header = (out / "best_config.yaml").read_text().splitlines()[1]
+    assert f"--config {out / 'best_config.yaml'} --out {out / 'best'}" in header  # trains as suggested, even twice
+    metrics = train(CLA_TASK, dataclasses.replace(best, out=str(tmp_path / "from_best"), epochs=1))
     assert metrics["folds_done"] == [0, 1]
 
 
 def test_a_trial_below_the_median_is_pruned_and_a_failure_is_recorded(tmp_path):
     data = make_fea_data(tmp_path / "data", n=12)
     space = write_space(tmp_path, {"lr": {"choices": [0.001, 1.0e6]},
-                                   "feature_weights": {"low": 0.5, "high": 2.0, "per_feature": True}})
+                                   "label_weights": {"low": 0.5, "high": 2.0, "per_label": True}})
     storage = f"journal:{tmp_path / 'study.log'}"
     study = optuna.create_study(study_name="p", storage=tune_storage(storage), direction="maximize")
-    perfect = {"lr": 0.001, **{f"feature_weights.{h}": 1.0 for h in FEA_SPEC.task.heads}}
+    perfect = {"lr": 0.001, **{f"label_weights.{h}": 1.0 for h in FEA_TASK.heads}}
     distributions = {"lr": optuna.distributions.CategoricalDistribution([0.001, 1.0e6]),
-                     **{f"feature_weights.{h}": optuna.distributions.FloatDistribution(0.5, 2.0)
-                        for h in FEA_SPEC.task.heads}}
+                     **{f"label_weights.{h}": optuna.distributions.FloatDistribution(0.5, 2.0)
+                        for h in FEA_TASK.heads}}
     for _ in range(2):  # two finished trials that scored 1.0 at every step: the median to beat
         study.add_trial(optuna.trial.create_trial(params=perfect, distributions=distributions, value=1.0,
                                                   intermediate_values={0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0}))
     study.enqueue_trial({"lr": 0.001})
     study.enqueue_trial({"lr": 1.0e6})                               # diverges: loss is not finite
-    cfg = dataclasses.replace(base_config(FEA_SPEC, tmp_path, data), epochs=4)  # the pruner waits 2 steps
-    summary = tune(FEA_SPEC, cfg, 2, None, storage, "p", space, tmp_path / "o")
+    cfg = dataclasses.replace(base_config(FEA_TASK, tmp_path, data), epochs=4)  # the pruner waits 2 steps
+    summary = tune(FEA_TASK, cfg, 2, None, storage, "p", space, tmp_path / "o")
     assert summary["trials"] == {"COMPLETE": 2, "PRUNED": 1, "FAIL": 1}
     (reason,) = summary["failures"].values()
-    assert reason.startswith("FloatingPointError: fold 0, epoch 0: ")
+    assert reason.startswith("FloatingPointError: fold 0, epoch 1: ")
 
 
 def tune_storage(url):
@@ -74,7 +74,8 @@ def tune_storage(url):
 def test_cli_rejects_an_unknown_key_in_the_space(tmp_path, capsys):
     data = make_cla_data(tmp_path / "data", per_class=2)
     space = write_space(tmp_path, {"learning_rate": {"low": 0.1, "high": 1.0}})
-    assert tune_main(CLA_SPEC, ["--data", str(data), "--space", str(space), "--trials", "1"], "train_cls") == 2
+    assert cli_main(["tune", "--task", "tasks/birads-cla.yaml", "--data", str(data), "--space", str(space),
+                     "--trials", "1"]) == 2
     assert "unknown config key 'learning_rate'" in capsys.readouterr().err
 
 
@@ -84,8 +85,8 @@ def test_a_value_given_on_the_command_line_is_not_searched(tmp_path):
     args = ["--data", str(data), "--space", str(space), "--trials", "1", "--epochs", "1", "--out", str(tmp_path / "o"),
             "--backbone", TEST_BACKBONE, "--img-size", str(TEST_SIZE), "--workers", "0",
             "--set", "pretrained=none", "--set", "n_folds=2", "--set", f"folds_dir={tmp_path / 'folds'}"]
-    assert tune_main(CLA_SPEC, args, "train_cls") == 0
+    assert cli_main(["tune", "--task", "tasks/birads-cla.yaml", *args]) == 0
     study = optuna.load_study(study_name=f"cla-{data.name}", storage=f"sqlite:///{tmp_path / 'o/study.db'}")
     (trial,) = study.trials
     assert "epochs" not in trial.params and set(trial.params) == {"lr", "label_smoothing"}
-    assert build_config(CLA_SPEC.defaults, tmp_path / "o/best_config.yaml").epochs == 1
+    assert build_config(CLA_TASK, tmp_path / "o/best_config.yaml").epochs == 1

@@ -1,1 +1,1 @@
-"""BI-RADS 6-class training: the task's defaults and loss; the engine lives in model.training."""
+"""BI-RADS category (tasks/birads-cla.yaml): ``python -m train_cls`` runs the shared training CLI on it."""

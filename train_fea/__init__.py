@@ -1,1 +1,1 @@
-"""Four-feature training: the task's defaults and masked multi-task loss; the engine lives in model.training."""
+"""BI-RADS features (tasks/birads-fea.yaml): ``python -m train_fea`` runs the shared training CLI on it."""

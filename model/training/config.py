@@ -1,4 +1,9 @@
-"""The training recipe as one small dataclass: defaults per task, a YAML file and flags override it."""
+"""The training recipe as one small dataclass. Each key says what it does (``--show-config`` prints that).
+
+Settings are layered: the dataclass defaults, then the task kind's defaults, then the task file's
+``train:`` section, then ``--config FILE.yaml``, then flags, then ``--set key=value``. A key that does not
+exist, or that the task's kind does not read, is refused with a message that names it.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -8,91 +13,162 @@ from pathlib import Path
 import yaml
 
 from ..atomic import write_text
+from ..keys import did_you_mean
+
+
+def opt(default, help: str, kind: str | None = None, choices: tuple = ()):
+    """A config field with its description, the task kind it belongs to (None: every kind) and its choices."""
+    factory = {"default_factory": (lambda: list(default))} if isinstance(default, list) else {"default": default}
+    return field(**factory, metadata={"help": help, "kind": kind, "choices": choices})
 
 
 @dataclass
 class TrainConfig:
     # data and run
-    data: str = ""                 # folder with the official layout (see model/data.py)
-    out: str = ""                  # run folder; default runs/<task>-<dataset>
-    dataset: str = ""              # name that keeps folds apart; default: the data root's folder name
-    folds_dir: str = ""            # where fold files live; default: the project's folds/
-    folds: str = "all"             # which folds to train here: "all" or "0,2"
-    n_folds: int = 5
-    seed: int = 42
-    device: str = "auto"
-    precision: str = "auto"        # auto: bf16/fp16 on CUDA, bf16 on a CPU that supports it, else fp32
-    workers: int = 2
+    data: str = opt("", "training data folder (the task's reader says which layout)")
+    out: str = opt("", "run folder (default runs/<task>-<dataset>)")
+    dataset: str = opt("", "name that keeps folds apart (default: the data root's folder name)")
+    data_license: str = opt("", "licence of the training data, recorded in bundles (default: the task file's)")
+    folds_dir: str = opt("", "where fold files live (default: the project's folds/)")
+    folds: str = opt("all", "folds to train in this process: all, or a list such as 0,2")
+    n_folds: int = opt(5, "number of folds")
+    seed: int = opt(42, "seed of the folds, the initialisation and the augmentation")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    precision: str = opt("auto", "autocast: auto (bf16/fp16 on CUDA, bf16 on a CPU that has it, else fp32)",
+                         choices=("auto", "fp32", "bf16", "fp16"))
+    workers: int = opt(2, "data loading processes")
     # network
-    backbone: str = "tf_efficientnet_lite0"
-    pretrained: str = "imagenet"   # none | imagenet (offline) | hub | path to a state dict
-    img_size: int = 224
-    drop_rate: float = 0.2
+    backbone: str = opt("tf_efficientnet_lite0", "any timm model name")
+    pretrained: str = opt("imagenet", "none, imagenet (offline, tf_efficientnet_lite0/1/2), hub, or a state dict file")
+    img_size: int = opt(224, "input size in pixels (square)")
+    drop_rate: float = opt(0.2, "dropout before the classifier")
     # optimisation
-    epochs: int = 15
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_epochs: float = 1.0
-    grad_clip: float = 2.0
-    ema_decay: float = 0.995       # with timm's warm-up, so it helps on a few hundred steps too
-    patience: int = 6              # epochs without a better validation score before stopping
+    epochs: int = opt(15, "epochs per fold (at most)")
+    batch_size: int = opt(16, "images per step")
+    lr: float = opt(1e-3, "peak learning rate (AdamW)")
+    weight_decay: float = opt(0.01, "AdamW weight decay (not on biases and norms)")
+    warmup_epochs: float = opt(1.0, "linear warm-up, then cosine decay")
+    grad_clip: float = opt(2.0, "gradient norm clip")
+    ema_decay: float = opt(0.995, "EMA of the weights (0: off); validated and exported")
+    patience: int = opt(6, "epochs without a better validation score before a fold stops")
     # regularisation and augmentation
-    label_smoothing: float = 0.1
-    aug_strength: float = 1.0      # scales every augmentation's range; 0 turns them off
-    cutmix_p: float = 0.3          # probability of box-guided CutMix per training image
-    cache_scale: float = 1.15      # training images are cached at cache_scale * img_size
-    # task-specific
-    imbalance: str = "weights"     # cla: none | weights | sampler | both
-    feature_weights: list = field(default_factory=lambda: ["auto"])  # fea: 4 numbers, or ["auto"]
-    soft_f1_weight: float = 0.0    # fea: weight of the soft-F1 auxiliary loss
-    task_weighting: str = "fixed"  # fea: fixed (feature_weights) | uncertainty (also learned, Kendall et al.)
+    label_smoothing: float = opt(0.1, "label smoothing of the targets")
+    aug_strength: float = opt(1.0, "scales every augmentation's range; 0 turns them off (flips stay)")
+    cutmix_p: float = opt(0.3, "probability of box-guided CutMix per image (needs lesion boxes)")
+    cache_scale: float = opt(1.15, "training images are cached at cache_scale * img_size")
+    # kind-specific
+    imbalance: str = opt("weights", "class imbalance: none, weights (1/sqrt(frequency) in the loss), sampler "
+                         "or both", kind="single-label", choices=("none", "weights", "sampler", "both"))
+    label_weights: list = opt(["auto"], "loss weight per label, or auto (1/sqrt(p(1-p)) of the positive rate)",
+                              kind="multi-label")
+    soft_f1_weight: float = opt(0.0, "weight of the soft-F1 auxiliary loss", kind="multi-label")
+    task_weighting: str = opt("fixed", "fixed (label_weights) or uncertainty (also learned, Kendall et al. 2018)",
+                              kind="multi-label", choices=("fixed", "uncertainty"))
 
 
-CHOICES = {"imbalance": ("none", "weights", "sampler", "both"), "precision": ("auto", "fp32", "bf16", "fp16"),
-           "task_weighting": ("fixed", "uncertainty")}
 # Keys that may differ when a run folder is resumed or shared between processes.
 RUNTIME_KEYS = {"folds", "device", "workers", "out", "data", "folds_dir"}
+# Keys that describe where a run lives on one machine: never written into a bundle.
+MACHINE_KEYS = {"data", "out", "folds_dir", "folds", "device", "workers"}
+RENAMED = {"feature_weights": "label_weights"}
 
 
 def config_fields() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in fields(TrainConfig)}
 
 
-def coerce(key: str, value):
-    """Turn a YAML or command-line value into the type of field ``key``."""
+def applies(key: str, kind) -> bool:
+    return config_fields()[key].metadata["kind"] in (None, kind.name)
+
+
+def check_key(key: str, kind) -> None:
     known = config_fields()
+    if key in RENAMED:
+        raise ValueError(f"config key {key!r} is now called {RENAMED[key]!r}")
     if key not in known:
-        raise ValueError(f"unknown config key {key!r}; valid keys: {', '.join(known)}")
+        raise ValueError(f"unknown config key {key!r}{did_you_mean(key, known)} "
+                         "(python train.py --show-config lists every key and what it does)")
+    if not applies(key, kind):
+        raise ValueError(f"config key {key!r} is for {known[key].metadata['kind']} tasks; this task is {kind.name}")
+
+
+def coerce(key: str, value, kind):
+    """Turn a YAML or command-line value into the type of field ``key``; errors name the key."""
+    check_key(key, kind)
+    meta = config_fields()[key].metadata
     default = getattr(TrainConfig(), key)
-    if isinstance(default, list):
-        value = value if isinstance(value, list) else [v for v in str(value).split(",") if v]
-        return [v if v == "auto" else float(v) for v in value]
-    if isinstance(default, bool):
-        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
-    value = type(default)(value)
-    if key in CHOICES and value not in CHOICES[key]:
-        raise ValueError(f"{key}={value!r}: choose from {', '.join(CHOICES[key])}")
+    try:
+        if isinstance(default, list):
+            value = value if isinstance(value, list) else [v for v in str(value).split(",") if v.strip()]
+            value = [v if v == "auto" else float(v) for v in value]
+        elif isinstance(default, bool):
+            value = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+        else:
+            value = type(default)(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}={value!r}: expected {type(default).__name__}, like {default!r}") from None
+    if meta["choices"] and value not in meta["choices"]:
+        raise ValueError(f"{key}={value!r}: choose from {', '.join(meta['choices'])}")
     return value
 
 
-def build_config(defaults: TrainConfig, yaml_file: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
-    values = {}
+def build_config(task, yaml_file: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
+    """The recipe for ``task``: defaults, the kind's defaults, the task file's train:, the YAML file, then
+    ``overrides`` (None values are left out)."""
+    cfg = dataclasses.replace(TrainConfig(), **task.kind.defaults)
+    layers = [(f"{task.source}: train", task.train)]
     if yaml_file:
-        loaded = yaml.safe_load(Path(yaml_file).read_text(encoding="utf-8")) or {}
+        try:
+            loaded = yaml.safe_load(Path(yaml_file).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ValueError(f"{yaml_file}: cannot read this config ({e})") from e
         if not isinstance(loaded, dict):
             raise ValueError(f"{yaml_file}: expected a mapping of config keys")
-        values.update(loaded)
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return dataclasses.replace(defaults, **{k: coerce(k, v) for k, v in values.items()})
+        layers.append((str(yaml_file), loaded))
+    layers.append(("", {k: v for k, v in (overrides or {}).items() if v is not None}))
+    for where, values in layers:
+        try:
+            cfg = dataclasses.replace(cfg, **{k: coerce(k, v, task.kind) for k, v in values.items()})
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}" if where else str(e)) from None
+    if not cfg.data_license:
+        cfg.data_license = str(task.data.get("license", ""))
+    return cfg
 
 
-def to_yaml(cfg: TrainConfig) -> str:
-    return yaml.safe_dump(asdict(cfg), sort_keys=False, allow_unicode=True)
+def describe(cfg: TrainConfig, kind) -> str:
+    """The keys that apply to ``kind``, with their values and what each does (``--show-config``)."""
+    lines = []
+    for name, f in config_fields().items():
+        if applies(name, kind):
+            value = yaml.safe_dump({name: getattr(cfg, name)}, allow_unicode=True, default_flow_style=True).strip()
+            lines.append(f"{value:<40} # {f.metadata['help']}")
+    return "\n".join(lines) + "\n"
 
 
-def save_config(cfg: TrainConfig, path: str | Path) -> None:
-    write_text(path, to_yaml(cfg))
+def applicable(cfg: TrainConfig, kind) -> dict:
+    """The keys of ``cfg`` that ``kind`` reads, with their values: what saved configs hold."""
+    return {k: v for k, v in asdict(cfg).items() if applies(k, kind)}
+
+
+def to_yaml(cfg: TrainConfig, kind) -> str:
+    return yaml.safe_dump(applicable(cfg, kind), sort_keys=False, allow_unicode=True)
+
+
+def read_config(path: str | Path, kind) -> TrainConfig:
+    """A run folder's config.yaml (every key written, so no layering)."""
+    loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    return dataclasses.replace(TrainConfig(), **{k: coerce(k, v, kind) for k, v in loaded.items()
+                                                 if applies(k, kind) or k not in config_fields()})
+
+
+def save_config(cfg: TrainConfig, path: str | Path, kind) -> None:
+    write_text(path, to_yaml(cfg, kind))
+
+
+def portable(cfg: TrainConfig, kind) -> dict:
+    """The recipe without machine paths and per-process settings, as a bundle records it."""
+    return {k: v for k, v in applicable(cfg, kind).items() if k not in MACHINE_KEYS}
 
 
 def differing_keys(a: TrainConfig, b: TrainConfig) -> list[str]:
@@ -102,7 +178,10 @@ def differing_keys(a: TrainConfig, b: TrainConfig) -> list[str]:
 def selected_folds(cfg: TrainConfig) -> list[int]:
     if cfg.folds == "all":
         return list(range(cfg.n_folds))
-    chosen = sorted({int(f) for f in str(cfg.folds).split(",") if f.strip()})
+    try:
+        chosen = sorted({int(f) for f in str(cfg.folds).split(",") if f.strip()})
+    except ValueError:
+        raise ValueError(f"folds={cfg.folds!r}: expected all or a list such as 0,2") from None
     bad = [f for f in chosen if not 0 <= f < cfg.n_folds]
     if bad:
         raise ValueError(f"folds {bad} out of range: n_folds is {cfg.n_folds}")

@@ -15,9 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..data import DatasetError, Sample
 from ..images import ImageReadError, border_box, boxes_after_crop, load_rgb, resize_square
-from ..tasks import UNKNOWN, Task
+from ..readers import Sample
 
 
 @dataclass
@@ -39,8 +38,8 @@ def _decode(job):
                        boxes_after_crop(sample.boxes, box, img.shape[:2]))
 
 
-def build_cache(samples: list[Sample], img_size: int, cache_scale: float, workers: int = 0) -> list[CachedImage]:
-    """Decode every image once; all unreadable files are reported together before training starts."""
+def build_cache(samples: list[Sample], img_size: int, cache_scale: float, workers: int = 0) -> tuple[list, list[str]]:
+    """Decode every image once: (cached images, None where a file could not be read; the errors)."""
     jobs = [(s, img_size, max(img_size, round(img_size * cache_scale))) for s in samples]
     if workers > 0 and len(jobs) > 8:
         with get_context("fork").Pool(workers) as pool:
@@ -48,18 +47,7 @@ def build_cache(samples: list[Sample], img_size: int, cache_scale: float, worker
     else:
         items = [_decode(j) for j in jobs]
     errors = [item for item in items if isinstance(item, str)]
-    if errors:
-        raise DatasetError(f"{len(errors)} training image(s) cannot be read; fix or remove them and rerun:", errors)
-    return items
-
-
-def encode_targets(task: Task, samples: list[Sample]) -> tuple[np.ndarray, np.ndarray]:
-    """Float targets and a 0/1 mask: one-hot for cla; 0/1 per feature for fea, UNKNOWN masked out."""
-    labels = np.array([s.labels for s in samples])
-    if task.multilabel:
-        return np.where(labels == UNKNOWN, 0, labels).astype(np.float32), (labels != UNKNOWN).astype(np.float32)
-    targets = np.eye(task.num_outputs, dtype=np.float32)[labels[:, 0]]
-    return targets, np.ones_like(targets)
+    return [None if isinstance(item, str) else item for item in items], errors
 
 
 def build_augmentation(img_size: int, strength: float, seed: int) -> A.Compose:

@@ -1,140 +1,216 @@
-"""A training run: read the data, make or reuse folds, train the selected folds, then gather whatever
-folds are finished into out-of-fold metrics, a tuned decision rule and plots; export freezes it.
+"""A training run: read and check the data, make or reuse folds, train the selected folds, then gather
+whatever folds are finished into out-of-fold metrics, a decision rule and plots; ``export`` freezes it.
 
-RUN_DIR holds config.yaml, samples.csv (key, labels, fold), train.log, fold<k>/, oof.csv, metrics.json,
-curves.png and confusion.png. Several processes may train different folds into one RUN_DIR.
+RUN_DIR holds task.yaml (the task definition), config.yaml, samples.csv (key, labels, fold), train.log,
+fold<k>/, oof.csv, metrics.json, curves and confusion plots. Several processes may train different folds
+into one RUN_DIR. Every data problem (a bad label, a broken image) is reported together before the run
+folder is made; a run that fails later is marked with a FAILED file until it succeeds.
 """
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
-from ..atomic import atomic_path, write_json
-from ..bundle import WEIGHTS_DIR, export_bundle, load_checkpoint
-from ..data import dataset_name, read_dataset
+from ..atomic import atomic_path, write_json, write_text
+from ..bundle import WEIGHTS_DIR, BundleError, export_bundle, load_checkpoint
 from ..decision import tune_rule
-from ..metric import binary_f1, cla_score, fea_score
-from ..tasks import UNKNOWN
-from .config import TrainConfig, build_config, differing_keys, save_config, selected_folds
-from .dataset import build_cache, encode_targets
+from ..device import resolve_device
+from ..images import ImageReadError, load_rgb
+from ..readers import DatasetError, read_dataset
+from ..task import task_from_dict
+from .config import TrainConfig, differing_keys, portable, read_config, save_config, selected_folds
+from .dataset import build_cache
 from .engine import train_fold
-from .folds import FOLDS_DIR, load_or_make_folds
-from .spec import TaskSpec
+from .folds import FOLDS_DIR, content_hash, duplicate_sets, load_or_make_folds
 
 log = logging.getLogger("train")
 PROJECT = Path(__file__).resolve().parents[2]
-DATA_LICENSE = ("BrEaST-Lesions_USG, Pawłowska et al., Scientific Data 11, 148 (2024), "
-                "doi:10.1038/s41597-024-02984-z, CC BY 4.0")
+BACKUPS = PROJECT / "runs" / "replaced-bundles"
 
 
-def default_run_dir(spec: TaskSpec, cfg: TrainConfig) -> Path:
-    return PROJECT / "runs" / f"{spec.task.name}-{cfg.dataset}"
+def default_run_dir(task, cfg: TrainConfig) -> Path:
+    return PROJECT / "runs" / f"{task.name}-{cfg.dataset}"
+
+
+class _Recorder(logging.Handler):
+    """Keeps the records logged before the run folder exists, to write them into train.log."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
 
 
 @contextmanager
-def run_log(run_dir: Path):
-    """Copy log messages into RUN_DIR/train.log while the run is being worked on."""
+def logging_to(handler: logging.Handler):
+    """Send INFO and above to ``handler`` for the duration."""
     root = logging.getLogger()
     previous = root.level
     root.setLevel(min(previous, logging.INFO) if previous else logging.INFO)
-    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root.addHandler(handler)
     try:
-        yield
+        yield handler
     finally:
         root.removeHandler(handler)
-        handler.close()
         root.setLevel(previous)
 
 
-def open_run(spec: TaskSpec, cfg: TrainConfig) -> Path:
-    """Resolve the dataset name and run folder; refuse a folder that holds another recipe."""
-    if not cfg.data:
-        raise ValueError("no training data given: pass --data DIR (the folder with the official layout)")
-    if not cfg.dataset:
-        cfg.dataset = dataset_name(cfg.data, spec.task)
-    run_dir = Path(cfg.out) if cfg.out else default_run_dir(spec, cfg)
+@contextmanager
+def run_log(run_dir: Path, earlier: list[logging.LogRecord] = ()):
+    """Copy log messages (and ``earlier`` ones) into RUN_DIR/train.log while the run is being worked on."""
+    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    for record in earlier:
+        handler.handle(record)
+    try:
+        with logging_to(handler):
+            yield
+    finally:
+        handler.close()
+
+
+def prepare_data(task, cfg: TrainConfig):
+    """Read the data and decode every image once; (dataset root, samples, cached images, content hashes).
+
+    Label problems and unreadable images are reported together in one DatasetError, so a user fixes the
+    data in one pass."""
+    root, result = read_dataset(task, cfg.data)
+    items, errors = build_cache(result.samples, cfg.img_size, cfg.cache_scale, cfg.workers)
+    for path in result.unlabelled:  # images whose labels were refused: is the image itself readable?
+        try:
+            load_rgb(path)
+        except ImageReadError as e:
+            errors.append(str(e))
+    problems = result.problems + errors
+    if problems:
+        raise DatasetError(f"{root}: {len(problems)} problem(s) in the {task.name} training data; fix them and rerun:",
+                           problems)
+    if not result.samples:
+        raise DatasetError(f"{root}: no training images found for {task.name}", [])
+    hashes = [content_hash(s.path) for s in result.samples]
+    for indices in duplicate_sets(hashes):
+        names = [result.samples[i].key for i in indices]
+        labels = {result.samples[i].labels for i in indices}
+        log.warning("byte-identical images %s: kept in one fold%s", ", ".join(names),
+                    "; their labels differ, so at least one is wrong: fix it or remove the images" if len(labels) > 1 else "")
+    return root, result.samples, items, hashes
+
+
+def open_run(task, cfg: TrainConfig) -> tuple[Path, bool]:
+    """The run folder and whether this call made it; refuse a folder that holds another task or recipe."""
+    run_dir = Path(cfg.out) if cfg.out else default_run_dir(task, cfg)
     cfg.out = str(run_dir)
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    if (run_dir / "task.yaml").is_file():
+        previous = yaml.safe_load((run_dir / "task.yaml").read_text(encoding="utf-8"))
+        if previous != task.to_dict():
+            raise ValueError(f"{run_dir} holds a run of another task definition ({previous.get('name')!r}); "
+                             "use another --out")
     if (run_dir / "config.yaml").is_file():
-        previous = build_config(TrainConfig(), run_dir / "config.yaml")
-        changed = differing_keys(previous, cfg)
+        changed = differing_keys(read_config(run_dir / "config.yaml", task.kind), cfg)
         if changed:
             raise ValueError(f"{run_dir} was trained with a different recipe ({', '.join(changed)} differ). "
                              "Use another --out, or the same settings to resume.")
     else:
-        save_config(cfg, run_dir / "config.yaml")
-    return run_dir
+        write_text(run_dir / "task.yaml", yaml.safe_dump(task.to_dict(), sort_keys=False, allow_unicode=True))
+        save_config(cfg, run_dir / "config.yaml", task.kind)
+    return run_dir, created
 
 
-def assign_folds(spec: TaskSpec, cfg: TrainConfig, samples, run_dir: Path) -> np.ndarray:
+def assign_folds(task, cfg: TrainConfig, samples, hashes, run_dir: Path) -> np.ndarray:
     """Fold ids from the dataset's folds file (made now if absent), copied into RUN_DIR/samples.csv."""
-    fold_ids = load_or_make_folds(spec.task, samples, cfg.dataset, cfg.n_folds, cfg.seed,
+    fold_ids = load_or_make_folds(task, samples, hashes, cfg.dataset, cfg.n_folds, cfg.seed,
                                   Path(cfg.folds_dir) if cfg.folds_dir else FOLDS_DIR)
     frame = pd.DataFrame({"key": [s.key for s in samples], "fold": fold_ids})
-    for j, column in enumerate(spec.task.label_columns):
+    for j, column in enumerate(task.kind.label_columns(task.heads)):
         frame[column] = [s.labels[j] for s in samples]
     with atomic_path(run_dir / "samples.csv") as tmp:
         frame.to_csv(tmp, index=False)
     return fold_ids
 
 
-def train(spec: TaskSpec, cfg: TrainConfig, report=None) -> dict:
-    """Train the folds ``cfg.folds`` selects (finished ones are skipped) and summarise the run.
+def train(task, cfg: TrainConfig, report=None) -> dict:
+    """Train the folds ``cfg.folds`` selects (finished ones are skipped) and summarise the run."""
+    resolve_device(cfg.device)  # a missing GPU is reported before minutes of decoding
+    folds = selected_folds(cfg)
+    with logging_to(_Recorder()) as recorder:
+        root, samples, items, hashes = prepare_data(task, cfg)
+    cfg.dataset = cfg.dataset or root.name
+    run_dir, created = open_run(task, cfg)
+    try:
+        with run_log(run_dir, recorder.records):
+            log.info("%s: %d images from %s, folds %s, run folder %s", task.name, len(samples), root,
+                     ",".join(map(str, folds)), run_dir)
+            fold_ids = assign_folds(task, cfg, samples, hashes, run_dir)
+            labels = np.array([s.labels for s in samples])
+            targets, masks = task.kind.encode(labels, len(task.heads))
+            for fold in folds:
+                train_fold(task, cfg, items, targets, masks, labels, fold_ids, fold, run_dir,
+                           report=(lambda epoch, score, f=fold: report(f, epoch, score)) if report else None)
+            metrics = summarise(run_dir)
+    except BaseException as e:
+        _mark_failed(run_dir, created, e)
+        raise
+    (run_dir / "FAILED").unlink(missing_ok=True)
+    return metrics
 
-    The data is read and every image decoded before folds are made, so a bad file stops the run
-    without leaving a folds file behind that would no longer match once it is fixed.
-    """
-    run_dir = open_run(spec, cfg)
-    with run_log(run_dir):
-        log.info("%s: folds %s, run folder %s\n%s", spec.task.name, cfg.folds, run_dir,
-                 json.dumps(asdict(cfg), ensure_ascii=False))
-        samples = read_dataset(cfg.data, spec.task)
-        items = build_cache(samples, cfg.img_size, cfg.cache_scale, cfg.workers)
-        fold_ids = assign_folds(spec, cfg, samples, run_dir)
-        log.info("%s: %d images decoded and cached", spec.task.name, len(samples))
-        targets, masks = encode_targets(spec.task, samples)
-        labels = np.array([s.labels for s in samples])
-        for fold in selected_folds(cfg):
-            train_fold(spec, cfg, items, targets, masks, labels, fold_ids, fold, run_dir,
-                       report=(lambda epoch, score, f=fold: report(f, epoch, score)) if report else None)
-        return summarise(spec, run_dir)
+
+def _mark_failed(run_dir: Path, created: bool, error: BaseException) -> None:
+    """A run folder made by this call with nothing trained is removed; any other is marked FAILED."""
+    if created and not any(run_dir.glob("fold*/history.json")):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    reason = "interrupted" if isinstance(error, KeyboardInterrupt) else f"{type(error).__name__}: {error}"
+    write_text(run_dir / "FAILED", f"{reason}\nRerun the same command to resume; finished epochs are kept.\n")
 
 
-def _labels_of(spec: TaskSpec, frame: pd.DataFrame) -> np.ndarray:
-    labels = frame[list(spec.task.label_columns)].to_numpy()
-    return labels if spec.task.multilabel else labels[:, 0]
+def read_run(run_dir: str | Path):
+    """(task, samples frame) of a run folder; a clear error for a folder that is not one."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "task.yaml").is_file() or not (run_dir / "samples.csv").is_file():
+        raise ValueError(f"{run_dir}: not a run folder (no task.yaml and samples.csv). Pass the folder that "
+                         "training wrote, such as runs/<task>-<dataset>")
+    task = task_from_dict(yaml.safe_load((run_dir / "task.yaml").read_text(encoding="utf-8")), str(run_dir / "task.yaml"))
+    return task, pd.read_csv(run_dir / "samples.csv", dtype={"key": str}, keep_default_na=False)
 
 
-def summarise(spec: TaskSpec, run_dir: str | Path) -> dict:
-    """OOF probabilities of the finished folds, scores before and after the tuned rule, plots."""
-    task, run_dir = spec.task, Path(run_dir)
-    frame = pd.read_csv(run_dir / "samples.csv", dtype={"key": str})
+def _labels_of(task, frame: pd.DataFrame) -> np.ndarray:
+    """(N, label columns) labels of a run's samples.csv."""
+    return frame[task.kind.label_columns(task.heads)].to_numpy()
+
+
+def summarise(run_dir: str | Path) -> dict:
+    """OOF probabilities of the finished folds, scores before and after the decision rule, plots."""
+    run_dir = Path(run_dir)
+    task, frame = read_run(run_dir)
     n_folds = int(frame["fold"].max()) + 1
     done = [k for k in range(n_folds) if (run_dir / f"fold{k}" / "done.json").is_file()]
     missing = [k for k in range(n_folds) if k not in done]
     if not done:
-        raise ValueError(f"{run_dir}: no finished fold yet; train first (python -m train_{task.name[:3]} ...)")
-    probs = np.full((len(frame), task.num_outputs), np.nan)
+        raise ValueError(f"{run_dir}: no finished fold yet; train first")
+    probs = np.full((len(frame), len(task.heads)), np.nan)
     per_fold = []
     for k in done:
         idx = np.flatnonzero(frame["fold"].to_numpy() == k)
         probs[idx] = np.load(run_dir / f"fold{k}" / "oof.npy")
         per_fold.append(json.loads((run_dir / f"fold{k}" / "done.json").read_text()))
     covered = ~np.isnan(probs[:, 0])
-    labels = _labels_of(spec, frame)[covered]
-    oof = probs[covered]
-    rule = tune_rule(task, oof, labels)
-    before, after = _scores(spec, labels, task.decide(oof)), _scores(spec, labels, task.decide(oof, rule))
-    metrics = {"task": task.name, "folds_done": done, "folds_missing": missing, "n_oof": int(covered.sum()),
-               "per_fold": per_fold, "oof_default_rule": before, "oof_tuned_rule": after, "rule": rule}
+    labels, oof = _labels_of(task, frame)[covered], probs[covered]
+    rule, rule_report = tune_rule(task, oof, labels)
+    metrics = {"task": task.name, "metric": task.metric, "folds_done": done, "folds_missing": missing,
+               "n_oof": int(covered.sum()), "n_images": len(frame), "per_fold": per_fold,
+               "oof_default_rule": _scores(task, labels, oof, task.neutral_rule()),
+               "oof_tuned_rule": _scores(task, labels, oof, rule), "rule": rule, "rule_report": rule_report}
     oof_frame = frame[["key", "fold"]].copy()
     for j, head in enumerate(task.heads):
         oof_frame[f"p_{head}"] = probs[:, j]
@@ -142,62 +218,59 @@ def summarise(spec: TaskSpec, run_dir: str | Path) -> dict:
         oof_frame.to_csv(tmp, index=False)
     write_json(run_dir / "metrics.json", metrics)
     from .plots import plot_confusion, plot_curves
-    plot_curves(run_dir, done)
-    plot_confusion(run_dir / "confusion.png", task, labels, task.decide(oof, rule))
+    plot_curves(run_dir, task, done)
+    plot_confusion(run_dir / "confusion.png", task, labels, task.decide(oof, rule), metrics["oof_tuned_rule"]["score"])
     if missing:
         log.warning("%s: folds %s are not finished; OOF covers %d of %d images", run_dir, missing,
                     covered.sum(), len(frame))
-    log.info("%s OOF score: %.4f with argmax/0.5, %.4f with the tuned rule %s", task.name, before["score"],
-             after["score"], rule)
+    log.info("%s OOF %s: %.4f with the neutral rule, %.4f with the rule kept (%s: %s)", task.name, task.metric,
+             metrics["oof_default_rule"]["score"], metrics["oof_tuned_rule"]["score"],
+             "tuned" if rule_report["adopted"] else "neutral", rule_report["why"])
     return metrics
 
 
-def _scores(spec: TaskSpec, labels: np.ndarray, predicted: np.ndarray) -> dict:
-    from sklearn.metrics import confusion_matrix
-    if not spec.task.multilabel:
-        scores = cla_score(labels, predicted)
-        classes = list(range(spec.task.num_outputs))
-        scores["per_class_f1"] = {spec.task.heads[c]: binary_f1(labels == c, predicted == c) for c in classes}
-        scores["confusion"] = confusion_matrix(labels, predicted, labels=classes).tolist()
-        return scores
-    scores = fea_score(labels, predicted)
-    for j, name in enumerate(spec.task.heads):
-        known = labels[:, j] != UNKNOWN
-        scores["features"][name]["confusion"] = confusion_matrix(labels[known, j], predicted[known, j],
-                                                                 labels=[0, 1]).tolist()
-    return scores
+def _scores(task, labels: np.ndarray, probs: np.ndarray, rule: dict) -> dict:
+    predicted = task.decide(probs, rule)
+    return {**task.kind.scores(task, labels, predicted, probs), **task.kind.details(task, labels, predicted, probs)}
 
 
-def export(spec: TaskSpec, run_dir: str | Path, out: str | Path | None = None, folds: list[int] | None = None) -> Path:
-    """Freeze the finished folds of a run (or the subset ``folds``) into a bundle (default model/weights/<task>/).
-
-    The decision rule and CV scores always come from the OOF predictions of every finished fold.
-    """
+def export(run_dir: str | Path, out: str | Path | None = None, folds: list[int] | None = None,
+           force: bool = False, expect_task: str | None = None) -> Path:
+    """Freeze the finished folds of a run (or the subset ``folds``) into a bundle (default
+    model/weights/<task>/). The decision rule and CV scores always come from every finished fold's OOF."""
     run_dir = Path(run_dir)
-    metrics = summarise(spec, run_dir)
+    task, frame = read_run(run_dir)
+    if expect_task and task.name != expect_task:
+        raise ValueError(f"{run_dir} is a run of task {task.name!r}, not {expect_task!r}: "
+                         f"export it with python train.py export {run_dir}")
+    metrics = summarise(run_dir)
     chosen = metrics["folds_done"] if folds is None else folds
     unfinished = sorted(set(chosen) - set(metrics["folds_done"]))
     if unfinished:
         raise ValueError(f"{run_dir}: folds {unfinished} are not finished; finished: {metrics['folds_done']}")
     checkpoints = [load_checkpoint(run_dir / f"fold{k}" / "best.pt") for k in chosen]
-    frame = pd.read_csv(run_dir / "samples.csv", dtype={"key": str})
-    labels = _labels_of(spec, frame)
-    if spec.task.multilabel:
-        prior = [float(np.mean(labels[labels[:, j] != UNKNOWN, j])) for j in range(labels.shape[1])]
-    else:
-        prior = (np.bincount(labels, minlength=spec.task.num_outputs) / len(labels)).tolist()
-    cfg = build_config(TrainConfig(), run_dir / "config.yaml")
+    cfg = read_config(run_dir / "config.yaml", task.kind)
+    labels = _labels_of(task, frame)
+    recipe = {k: v for k, v in portable(cfg, task.kind).items() if k not in ("backbone", "img_size")}  # those live in network
     manifest = {
+        "task": task.to_dict(),
         "decision": metrics["rule"],
-        "prior": prior,
-        "cv": {"oof_score_default_rule": metrics["oof_default_rule"]["score"],
-               "oof_score_tuned_rule": metrics["oof_tuned_rule"]["score"],
-               "folds_done": metrics["folds_done"], "folds_missing": metrics["folds_missing"]},
+        "prior": task.kind.prior(labels, len(task.heads)),
+        "cv": {"metric": task.metric, "oof_score_default_rule": metrics["oof_default_rule"]["score"],
+               "oof_score_tuned_rule": metrics["oof_tuned_rule"]["score"], "rule": metrics["rule_report"],
+               "folds_done": metrics["folds_done"], "folds_missing": metrics["folds_missing"],
+               "n_oof": metrics["n_oof"], "n_images": metrics["n_images"], "folds_in_bundle": sorted(chosen)},
         "trained_on": {"dataset": cfg.dataset, "images": int(len(frame)),
-                       "license": DATA_LICENSE if "breast-lesions-usg" in cfg.dataset.lower() else "see the data's licence"},
-        "config": asdict(cfg),
+                       "license": cfg.data_license or "not given: see the data's licence"},
+        "recipe": recipe,
     }
-    folder = export_bundle(Path(out) if out else WEIGHTS_DIR / spec.task.name, checkpoints, manifest)
+    target = Path(out) if out else WEIGHTS_DIR / task.name
+    try:
+        folder = export_bundle(target, checkpoints, manifest, replace=force, backups=BACKUPS)
+    except BundleError as e:
+        raise ValueError(str(e)) from None
+    from ..onnx_backend import record_graph
+    record_graph(folder)
     if metrics["folds_missing"]:
         log.warning("exported %d fold(s); folds %s are missing", len(checkpoints), metrics["folds_missing"])
     return folder

@@ -1,4 +1,4 @@
-"""Training curves per fold and the OOF confusion matrix, as PNG files."""
+"""Training curves per fold and the OOF confusion matrices, as PNG files fit for a report."""
 from __future__ import annotations
 
 import json
@@ -9,54 +9,70 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..atomic import atomic_path  # noqa: E402
-from ..tasks import UNKNOWN, Task  # noqa: E402
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
-def plot_curves(run_dir: Path, folds: list[int]) -> None:
+def plot_curves(run_dir: Path, task, folds: list[int]) -> None:
+    """Per fold: training loss, validation score (the best epoch marked) and the learning rate."""
     for k in folds:
         history = json.loads((run_dir / f"fold{k}" / "history.json").read_text())
-        epochs = [h["epoch"] + 1 for h in history]
-        fig, left = plt.subplots(figsize=(6, 3.5))
-        left.plot(epochs, [h["train_loss"] for h in history], "o-", color="tab:blue", label="train loss")
-        left.set_xlabel("epoch")
-        left.set_ylabel("train loss", color="tab:blue")
-        right = left.twinx()
-        right.plot(epochs, [h["val_score"] for h in history], "s-", color="tab:red", label="val score")
-        right.set_ylabel("validation score", color="tab:red")
-        left.set_title(f"fold {k}")
-        _save(fig, run_dir / f"fold{k}" / "curves.png")
+        if not history:
+            continue
+        epochs = [h["epoch"] for h in history]
+        scores = [h["val_score"] for h in history]
+        best = int(np.argmax(scores))
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.5, 5), sharex=True, height_ratios=(3, 1))
+        lines = top.plot(epochs, [h["train_loss"] for h in history], "o-", color="tab:blue", label="training loss")
+        top.set_ylabel("training loss")
+        right = top.twinx()
+        lines += right.plot(epochs, scores, "s-", color="tab:red", label=f"validation {task.metric}")
+        lines += right.plot([epochs[best]], [scores[best]], "*", color="gold", markeredgecolor="black",
+                            markersize=16, label=f"best: epoch {epochs[best]}, {scores[best]:.4f}")
+        right.set_ylabel(f"validation {task.metric}")
+        top.legend(lines, [ln.get_label() for ln in lines], loc="best", fontsize=8)
+        top.set_title(f"{task.title}: fold {k} ({len(history)} epoch{'s' if len(history) > 1 else ''})")
+        bottom.plot(epochs, [h["lr"] for h in history], ".-", color="tab:green")
+        bottom.set_ylabel("learning rate")
+        bottom.set_xlabel("epoch")
+        bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(epochs) == 1:  # one point: give the axis some width instead of a degenerate range
+            bottom.set_xlim(epochs[0] - 1, epochs[0] + 1)
+        save_figure(fig, run_dir / f"fold{k}" / "curves.png")
 
 
-def plot_confusion(path: Path, task: Task, labels: np.ndarray, predicted: np.ndarray) -> None:
-    if task.multilabel:
-        fig, axes = plt.subplots(1, task.num_outputs, figsize=(3 * task.num_outputs, 3))
-        for j, (ax, name) in enumerate(zip(axes, task.heads)):
-            known = labels[:, j] != UNKNOWN
-            _matrix(ax, labels[known, j], predicted[known, j], ["0", "1"], name)
-    else:
-        fig, ax = plt.subplots(figsize=(5, 4.5))
-        _matrix(ax, labels, predicted, list(task.heads), "BI-RADS (OOF, tuned rule)")
-    _save(fig, path)
+def plot_confusion(path: Path, task, labels: np.ndarray, predicted: np.ndarray, score: float) -> None:
+    """One confusion matrix per panel the task's kind defines (the classes, or each label's 0/1)."""
+    panels = task.kind.confusion_panels(task, labels, predicted)
+    size = 4.8 if len(panels) == 1 else 3.4
+    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels) + 0.6, size), squeeze=False)
+    for ax, (title, y_true, y_pred, names) in zip(axes[0], panels):
+        _matrix(fig, ax, y_true, y_pred, names, title)
+    fig.suptitle(f"{task.title}: out-of-fold, decision rule applied; {task.metric} {score:.4f}", fontsize=10)
+    save_figure(fig, path)
 
 
-def _matrix(ax, y_true, y_pred, names, title):
+def _matrix(fig, ax, y_true, y_pred, names, title):
     n = len(names)
     matrix = np.zeros((n, n), dtype=int)
     np.add.at(matrix, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
-    ax.imshow(matrix, cmap="Blues")
+    image = ax.imshow(matrix, cmap="Blues", vmin=0)
+    threshold = matrix.max() / 2 if matrix.size else 0
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, matrix[i, j], ha="center", va="center", fontsize=8)
+            ax.text(j, i, matrix[i, j], ha="center", va="center", fontsize=9,
+                    color="white" if matrix[i, j] > threshold else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     ax.set_xticks(range(n), names)
     ax.set_yticks(range(n), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title)
+    accuracy = np.trace(matrix) / matrix.sum() if matrix.sum() else float("nan")
+    ax.set_title(f"{title}\nn={matrix.sum()}, accuracy {accuracy:.3f}", fontsize=9)

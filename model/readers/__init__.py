@@ -1,0 +1,49 @@
+"""Readers of training data, one small class per source, chosen by name in the task file's ``data:``.
+
+=================  =============================================================================
+``yolo-folders``   one folder per class with images/ and YOLO label files (the BI-RADS cla layout)
+``label-folders``  images/ plus one folder of 0/1 label files per label (the BI-RADS fea layout)
+``class-folders``  ``<class>/<image>`` (ImageFolder)
+``csv``            one row per image: path, label(s), optional group (patient) and box columns
+=================  =============================================================================
+
+The training code never knows which reader fed it: each returns Samples (path, key, labels, boxes,
+group) and lists every problem it finds instead of stopping at the first.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import DatasetError, ReadResult, Reader, Sample
+from .class_folders import ClassFolders
+from .csv_table import CsvTable
+from .label_folders import LabelFolders
+from .yolo_folders import YoloFolders
+
+READERS: dict[str, type[Reader]] = {r.name: r for r in (YoloFolders, LabelFolders, ClassFolders, CsvTable)}
+
+__all__ = ["READERS", "DatasetError", "ReadResult", "Reader", "Sample", "check_reader_options", "make_reader",
+           "read_dataset"]
+
+
+def check_reader_options(data: dict, kind, heads) -> None:
+    name = data.get("reader")
+    if name not in READERS:
+        raise ValueError(f"reader {name!r}: choose one of {', '.join(READERS)}")
+    READERS[name].check(data, kind, heads)
+
+
+def make_reader(task) -> Reader:
+    if not task.data.get("reader"):
+        raise ValueError(f"{task.source}: the task has no data: reader:, so it cannot be trained")
+    return READERS[task.data["reader"]](task)
+
+
+def read_dataset(task, data: str | Path | None = None) -> tuple[Path, ReadResult]:
+    """(dataset root, what the task's reader found) for ``data`` (default: the task file's data.root)."""
+    data = data or task.data.get("root")
+    if not data:
+        raise ValueError("no training data given: pass --data DIR, or set data: root: in the task file")
+    reader = make_reader(task)
+    root, layout = reader.locate(data)
+    return root, reader.read(layout, root)

@@ -1,0 +1,176 @@
+"""``csv``: a table with one row per image.
+
+::
+
+    image,label,patient,x0,y0,x1,y1
+    scans/a.png,malignant,P017,120,80,260,190
+    scans/b.png,benign,P017,,,,
+
+Options:
+
+* ``file``: the CSV's name (default ``train.csv``); ``--data`` may also name the CSV itself.
+* ``image_column`` (default ``image``): paths relative to the CSV's folder, or to ``image_root`` (a folder
+  relative to the CSV's folder); absolute paths are allowed.
+* single-label: ``label_column`` (default ``label``) and ``class_values`` (the value each class has in the
+  CSV, in the order of ``classes``; default the class names).
+* multi-label: ``label_columns`` (one per label, in the order of ``labels``; default the label names), each
+  0 or 1; an empty cell means unknown (masked out of the loss and the metric).
+* ``group_column``: a patient (or study) id; no group is split across folds.
+* ``box_columns``: four columns x0, y0, x1, y1 of a lesion box in pixels (all four empty: no box).
+
+Every bad row is reported at once: a missing file, an unknown class, a duplicate path, an empty group, a
+bad box.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from PIL import Image
+
+from ..images import is_image_file, is_regular_file
+from ..metric import UNKNOWN
+from .base import ReadResult, Reader, Sample
+
+
+class CsvTable(Reader):
+    name = "csv"
+    options = {"subfolder": "", "file": "train.csv", "image_column": "image", "image_root": "",
+               "label_column": "label", "label_columns": None, "class_values": None, "group_column": None,
+               "box_columns": None}
+    summary = "a CSV of image paths and labels"
+
+    @classmethod
+    def check_options(cls, opts: dict, heads) -> None:
+        for key, length in (("class_values", len(heads)), ("label_columns", len(heads)), ("box_columns", 4)):
+            value = opts.get(key)
+            if value is not None and (not isinstance(value, list) or len(value) != length):
+                raise ValueError(f"{key}: expected a list of {length}")
+        if opts.get("group_column") is not None and not isinstance(opts["group_column"], str):
+            raise ValueError("group_column: expected a column name")
+
+    @property
+    def label_columns(self) -> list[str]:
+        if self.task.kind.name == "single-label":
+            return [self.opts["label_column"]]
+        return [str(c) for c in (self.opts["label_columns"] or self.task.heads)]
+
+    def locate(self, data: str | Path) -> tuple[Path, Path]:
+        data = Path(data).expanduser().resolve()
+        if data.is_file():
+            self.opts["file"] = data.name
+            return data.parent, data.parent
+        return super().locate(data)
+
+    def describe(self) -> str:
+        return f"{self.opts['file']} ({self.summary})"
+
+    def looks_like(self, folder: Path) -> bool:
+        return (folder / self.opts["file"]).is_file()
+
+    def read(self, layout: Path, root: Path) -> ReadResult:
+        path = layout / self.opts["file"]
+        result = ReadResult([])
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                rows = list(csv.DictReader(f))
+                header = list(rows[0]) if rows else []
+        except (UnicodeDecodeError, csv.Error) as e:
+            result.problems.append(f"{path}: cannot read as a UTF-8 CSV ({e})")
+            return result
+        wanted = [self.opts["image_column"], *self.label_columns, *([self.opts["group_column"]] if
+                  self.opts["group_column"] else []), *(self.opts["box_columns"] or [])]
+        missing = [c for c in wanted if c not in header]
+        if not rows or missing:
+            result.problems.append(f"{path}: " + (f"no column(s) {missing}; its header is {header}" if rows
+                                                  else "no rows"))
+            return result
+        image_root = (layout / self.opts["image_root"]).resolve()
+        seen: dict[Path, int] = {}
+        for number, row in enumerate(rows, 2):
+            where = f"{path}:{number}"
+            problems_before = len(result.problems)
+            image = self._image(row, image_root, where, seen, number, result.problems)
+            labels = self._labels(row, where, result.problems)
+            group = self._group(row, where, result.problems)
+            boxes = self._boxes(row, image, where, result.problems) if image is not None else ()
+            if len(result.problems) > problems_before:
+                if image is not None:
+                    result.unlabelled.append(image)
+                continue
+            key = image.relative_to(root).as_posix() if image.is_relative_to(root) else image.as_posix()
+            result.samples.append(Sample(image, key, labels, boxes, group))
+        return result
+
+    def _image(self, row, image_root: Path, where: str, seen: dict, number: int, problems: list[str]):
+        value = (row[self.opts["image_column"]] or "").strip()
+        if not value:
+            problems.append(f"{where}: empty {self.opts['image_column']}")
+            return None
+        image = (image_root / value).resolve()
+        if not is_regular_file(image):
+            problems.append(f"{where}: image {value!r} not found (looked for {image})")
+            return None
+        if not is_image_file(image):
+            problems.append(f"{where}: {value!r} is not an image file (jpg/jpeg/png/bmp)")
+            return None
+        if image in seen:
+            problems.append(f"{where}: image {value!r} is already on line {seen[image]}; one row per image")
+            return None
+        seen[image] = number
+        return image
+
+    def _labels(self, row, where: str, problems: list[str]) -> tuple[int, ...]:
+        if self.task.kind.name == "single-label":
+            column = self.opts["label_column"]
+            values = [str(v) for v in (self.opts["class_values"] or self.task.heads)]
+            value = (row[column] or "").strip()
+            if value not in values:
+                problems.append(f"{where}: {column}={value!r} is not one of the classes ({', '.join(values)})")
+                return (-1,)
+            return (values.index(value),)
+        labels = []
+        for column in self.label_columns:
+            value = (row[column] or "").strip()
+            if value == "":
+                labels.append(UNKNOWN)
+            elif value in ("0", "1", "0.0", "1.0"):
+                labels.append(int(float(value)))
+            else:
+                problems.append(f"{where}: {column}={value!r} is not 0, 1 or empty (unknown)")
+                labels.append(UNKNOWN)
+        return tuple(labels)
+
+    def _group(self, row, where: str, problems: list[str]) -> str | None:
+        column = self.opts["group_column"]
+        if not column:
+            return None
+        value = (row[column] or "").strip()
+        if not value:
+            problems.append(f"{where}: empty {column}; every image needs its group (patient id)")
+        return value
+
+    def _boxes(self, row, image: Path, where: str, problems: list[str]):
+        columns = self.opts["box_columns"]
+        if not columns:
+            return ()
+        values = [(row[c] or "").strip() for c in columns]
+        if not any(values):
+            return ()
+        try:
+            x0, y0, x1, y1 = (float(v) for v in values)
+        except ValueError:
+            problems.append(f"{where}: box {values} is not four numbers (pixels x0, y0, x1, y1)")
+            return ()
+        try:
+            with Image.open(image) as im:  # reads the header only
+                width, height = im.size
+        except (OSError, ValueError):
+            return ()  # an unreadable image is reported when every image is decoded
+
+        x0, x1 = max(0.0, x0), min(float(width), x1)
+        y0, y1 = max(0.0, y0), min(float(height), y1)
+        if x1 <= x0 or y1 <= y0:
+            problems.append(f"{where}: box {values} is empty inside the {width}x{height} image")
+            return ()
+        return (((x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height),)

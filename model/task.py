@@ -1,0 +1,200 @@
+"""A classification task, read from a small YAML task file and carried whole in every bundle's manifest.
+
+::
+
+    name: busi                      # bundle folder, run folder and CSV default name
+    kind: single-label              # single-label | multi-label
+    classes: [benign, malignant, normal]     # multi-label tasks list labels: instead
+    data: {reader: class-folders}   # how to read the training data (see model/readers)
+    test_folder: .                  # where the test images are, under run.py's --test-dir
+    output: {file: busi_pre.csv}    # the CSV run.py writes
+    metric: competition
+
+Every key is checked: an unknown or misspelt key, a wrong type or value is a TaskFileError that names the
+file, the key and what would be right. The README documents each key with a complete example.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import yaml
+
+from .keys import unknown_key_message
+from .kinds import KINDS
+from .metric import METRICS
+from .readers import check_reader_options
+
+TASK_KEYS = ("name", "title", "kind", "classes", "labels", "positive", "data", "test_folder", "output", "metric",
+             "train")
+OUTPUT_KEYS = ("file", "id", "id_header", "columns", "values")
+ID_MODES = {"number": "id", "filename": "img_name"}  # how the id column is filled -> its default header
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+
+
+class TaskFileError(ValueError):
+    """A task file (or a manifest's task section) that cannot be used; the message says where and why."""
+
+
+def check_keys(mapping: dict, valid, where: str) -> None:
+    for key in mapping:
+        if key not in valid:
+            raise TaskFileError(f"{where}: {unknown_key_message(str(key), valid)}")
+
+
+@dataclass(frozen=True)
+class Output:
+    file: str
+    id: str                  # number | filename
+    id_header: str
+    columns: tuple[str, ...]
+    values: str              # labels | names | probabilities (the kind says which it allows)
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    kind: object             # model.kinds.SingleLabel or MultiLabel
+    heads: tuple[str, ...]   # the classes (single-label) or the labels (multi-label)
+    title: str
+    data: dict               # reader name and options, and the data's licence
+    test_folder: str
+    output: Output
+    metric: str
+    positive: str | None     # a two-class task's positive class (AUC, sensitivity, specificity)
+    train: dict = field(default_factory=dict)   # recipe keys applied before --config and flags
+    source: str = ""         # where the definition came from, for messages
+
+    @property
+    def positive_index(self) -> int:
+        return self.heads.index(self.positive) if self.positive else len(self.heads) - 1
+
+    @property
+    def gt_file(self) -> str:
+        """The ground-truth CSV the scorer reads: the output file with _pre replaced by _gt."""
+        stem = self.output.file.removesuffix(".csv")
+        return (stem.removesuffix("_pre") if stem.endswith("_pre") else stem) + "_gt.csv"
+
+    def neutral_rule(self) -> dict:
+        return self.kind.neutral_rule(len(self.heads))
+
+    def decide(self, probs, rule: dict | None = None):
+        return self.kind.decide(probs, rule)
+
+    def to_dict(self) -> dict:
+        """The definition as a manifest stores it: every default filled in, no machine paths."""
+        out = {"name": self.name, "title": self.title, "kind": self.kind.name, self.kind.heads_key: list(self.heads)}
+        if self.positive:
+            out["positive"] = self.positive
+        out.update({"data": {k: v for k, v in self.data.items() if k != "root"}, "test_folder": self.test_folder,
+                    "output": {"file": self.output.file, "id": self.output.id, "id_header": self.output.id_header,
+                               "columns": list(self.output.columns), "values": self.output.values},
+                    "metric": self.metric})
+        return out
+
+
+def load_task(path: str | Path) -> Task:
+    """Read and check a task file."""
+    path = Path(path)
+    if not path.is_file():
+        raise TaskFileError(f"{path}: task file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise TaskFileError(f"{path}: not valid YAML ({e})") from e
+    task = task_from_dict(raw, str(path))
+    root = task.data.get("root")
+    if root is not None:
+        task = dataclasses.replace(task, data=dict(task.data, root=str((path.parent / root).resolve())))
+    return task
+
+
+def task_from_dict(raw, where: str) -> Task:
+    """Check a task definition (from a task file or a manifest) and fill in its defaults."""
+    if not isinstance(raw, dict):
+        raise TaskFileError(f"{where}: expected a mapping of task keys ({', '.join(TASK_KEYS)})")
+    check_keys(raw, TASK_KEYS, where)
+    name = _string(raw, "name", where)
+    if not NAME.fullmatch(name):
+        raise TaskFileError(f"{where}: name {name!r}: use letters, digits, '.', '_' and '-' (it names folders)")
+    kind_name = _string(raw, "kind", where)
+    if kind_name not in KINDS:
+        raise TaskFileError(f"{where}: kind {kind_name!r}: choose single-label or multi-label")
+    kind = KINDS[kind_name]
+    for other in KINDS.values():
+        if other is not kind and other.heads_key in raw:
+            raise TaskFileError(f"{where}: a {kind_name} task lists {kind.heads_key}:, not {other.heads_key}:")
+    heads = _names(raw, kind.heads_key, where, minimum=kind.min_heads)
+    positive = raw.get("positive")
+    if positive is not None:
+        if kind_name != "single-label" or len(heads) != 2:
+            raise TaskFileError(f"{where}: positive: applies to single-label tasks of two classes only")
+        if positive not in heads:
+            raise TaskFileError(f"{where}: positive {positive!r} is not one of the classes {list(heads)}")
+    metric = raw.get("metric", "competition")
+    if metric not in METRICS:
+        raise TaskFileError(f"{where}: metric {metric!r}: choose from {', '.join(METRICS)}")
+    data = raw.get("data", {})
+    if not isinstance(data, dict):
+        raise TaskFileError(f"{where}: data: expected a mapping with reader: and its options")
+    if data:
+        try:
+            check_reader_options(data, kind, heads)
+        except ValueError as e:
+            raise TaskFileError(f"{where}: data: {e}") from e
+    test_folder = str(raw.get("test_folder", "."))
+    parts = PurePosixPath(test_folder).parts
+    if test_folder.startswith(("/", "\\")) or ".." in parts or "\\" in test_folder:
+        raise TaskFileError(f"{where}: test_folder {test_folder!r} must be a folder inside the test folder, "
+                            "like cla or . for the test folder itself")
+    train = raw.get("train", {})
+    if not isinstance(train, dict):
+        raise TaskFileError(f"{where}: train: expected a mapping of recipe keys (python -m train --show-config)")
+    return Task(name=name, kind=kind, heads=heads, title=str(raw.get("title", name)), data=dict(data),
+                test_folder=test_folder, output=_output(raw.get("output", {}), name, kind, heads, where),
+                metric=metric, positive=positive, train=dict(train), source=where)
+
+
+def _output(raw, name: str, kind, heads: tuple[str, ...], where: str) -> Output:
+    if not isinstance(raw, dict):
+        raise TaskFileError(f"{where}: output: expected a mapping ({', '.join(OUTPUT_KEYS)})")
+    check_keys(raw, OUTPUT_KEYS, f"{where}: output")
+    file = str(raw.get("file", f"{name}_pre.csv"))
+    if not NAME.fullmatch(file) or not file.endswith(".csv"):
+        raise TaskFileError(f"{where}: output.file {file!r}: a plain file name ending in .csv")
+    id_mode = raw.get("id", "number")
+    if id_mode not in ID_MODES:
+        raise TaskFileError(f"{where}: output.id {id_mode!r}: number (the number in the file name) or filename")
+    values = raw.get("values", "labels")
+    if values not in kind.output_values:
+        raise TaskFileError(f"{where}: output.values {values!r}: a {kind.name} task writes "
+                            f"{' or '.join(kind.output_values)}")
+    default = kind.output_columns(heads, values)
+    columns = raw.get("columns", default)
+    if not isinstance(columns, list) or not all(isinstance(c, str) and c for c in columns):
+        raise TaskFileError(f"{where}: output.columns: expected a list of column names")
+    if len(columns) != len(default) or len(set(columns)) != len(columns):
+        raise TaskFileError(f"{where}: output.columns: expected {len(default)} distinct name(s), like {default}")
+    id_header = str(raw.get("id_header", ID_MODES[id_mode]))
+    if id_header in columns:
+        raise TaskFileError(f"{where}: output.id_header {id_header!r} is also a label column")
+    return Output(file, id_mode, id_header, tuple(columns), values)
+
+
+def _string(raw: dict, key: str, where: str) -> str:
+    value = raw.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise TaskFileError(f"{where}: {key}: required, a non-empty string")
+    return value.strip()
+
+
+def _names(raw: dict, key: str, where: str, minimum: int) -> tuple[str, ...]:
+    value = raw.get(key)
+    if not isinstance(value, list) or len(value) < minimum:
+        raise TaskFileError(f"{where}: {key}: required, a list of at least {minimum} names")
+    names = tuple(str(v) for v in value)
+    if any(not n.strip() for n in names) or len(set(names)) != len(names):
+        raise TaskFileError(f"{where}: {key}: names must be non-empty and distinct ({list(names)})")
+    return names
