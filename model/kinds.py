@@ -20,7 +20,7 @@ class SingleLabel:
     heads_key, min_heads = "classes", 2       # what a task file lists, and how many at least
     rule_key = "logit_offsets"
     neutral_value = 0.0
-    rule_grid = np.round(np.arange(-3.0, 3.0001, 0.05), 2)
+    rule_grid = np.round(np.arange(-3.0, 3.0001, 0.1), 1)
     output_values = ("labels", "names", "probabilities")
     config_keys = frozenset({"imbalance"})       # recipe keys that only this kind reads
     defaults = {"imbalance": "weights"}

@@ -66,13 +66,21 @@ def _nanmean(values) -> float:
 
 def single_label_scores(y_true, y_pred, probs=None, metric: str = "competition") -> dict:
     """``score`` (the chosen metric) and its parts for class ids ``y_true`` / ``y_pred`` (N,);
-    ``probs`` (N, classes) adds ``auc``."""
-    y_true, y_pred = np.asarray(y_true).reshape(-1), np.asarray(y_pred).reshape(-1)
-    acc = float(np.mean(y_true == y_pred)) if y_true.size else float("nan")
-    classes = np.union1d(y_true, y_pred[y_pred >= 0])
-    macro_f1 = float(np.mean([binary_f1(y_true == c, y_pred == c) for c in classes])) if classes.size else 0.0
-    present = np.unique(y_true)
-    balanced = float(np.mean([np.mean(y_pred[y_true == c] == c) for c in present])) if present.size else float("nan")
+    ``probs`` (N, classes) adds ``auc``. Computed from one confusion matrix: the decision-rule search
+    calls this thousands of times."""
+    y_true = np.asarray(y_true).reshape(-1).astype(np.int64)
+    y_pred = np.asarray(y_pred).reshape(-1).astype(np.int64)
+    if not y_true.size:
+        return {"accuracy": float("nan"), "macro_f1": 0.0, "balanced_accuracy": float("nan"), "score": float("nan")}
+    k = int(max(y_true.max(), y_pred.max())) + 1
+    predicted = y_pred >= 0
+    confusion = np.bincount(y_true[predicted] * k + y_pred[predicted], minlength=k * k).reshape(k, k)
+    hits, true_counts, pred_counts = np.diag(confusion), np.bincount(y_true, minlength=k), confusion.sum(0)
+    acc = float(hits.sum() / y_true.size)
+    seen = (true_counts + pred_counts) > 0                # classes in the truth or the predictions
+    macro_f1 = float(np.mean(2 * hits[seen] / (true_counts[seen] + pred_counts[seen])))
+    present = true_counts > 0
+    balanced = float(np.mean(hits[present] / true_counts[present]))
     out = {"accuracy": acc, "macro_f1": macro_f1, "balanced_accuracy": balanced}
     if probs is not None:
         probs = np.asarray(probs, dtype=np.float64)
