@@ -49,7 +49,7 @@ def main() -> int:
         print(f"\n== {task.name}: {cfg.backbone} {cfg.img_size}px, {cfg.epochs} epochs max, "
               f"{cfg.n_folds} folds, {metrics['n_oof']} images, {minutes:.1f} min")
         for f in metrics["per_fold"]:
-            print(f"fold {f['fold']}: best epoch {f['best_epoch']}/{f['epochs_run']}, val score {f['score']:.4f}, "
+            print(f"fold {f['fold']}: epoch {f['selected_epoch']}/{f['epochs_run']}, val score {f['score']:.4f}, "
                   f"{f['seconds_per_epoch']:.1f} s/epoch ({f['precision']})")
         print(f"OOF {task.name} score: {metrics['oof_default_rule']['score']:.4f} with the neutral rule, "
               f"{metrics['oof_tuned_rule']['score']:.4f} with the rule kept ({metrics['rule_report']['why']})")

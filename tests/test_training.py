@@ -56,7 +56,7 @@ def test_two_fold_cla_run_gives_complete_oof_metrics_and_a_bundle_run_py_uses(tm
     assert (tmp_path / f"folds/{cla_data.name}/cla_folds.csv").is_file()
     history = json.loads((run_dir / "fold0/history.json").read_text())
     done = json.loads((run_dir / "fold0/done.json").read_text())
-    assert [h["epoch"] for h in history] == [1, 2] and done["best_epoch"] in (1, 2)  # counted from 1, as the log
+    assert [h["epoch"] for h in history] == [1, 2] and done["selected_epoch"] == 2  # counted from 1; the last one
 
     export(run_dir, tmp_path / "weights/cla")
     manifest = json.loads((tmp_path / "weights/cla/manifest.json").read_text())
@@ -120,10 +120,15 @@ def test_resume_state_loads_without_pickle(tmp_path, cla_data):
 
 
 def test_early_stopping_stops_a_fold_that_stopped_improving(tmp_path, cla_data):
-    cfg = tiny_config(CLA_TASK, tmp_path, cla_data, epochs=6, patience=1, lr=0.0, folds="0", ema_decay=0.0)
+    cfg = tiny_config(CLA_TASK, tmp_path, cla_data, epochs=6, patience=1, lr=0.0, folds="0", ema_decay=0.0,
+                      select_epoch="best")
     train(CLA_TASK, cfg)                                             # lr 0: the score never improves after epoch 1
     done = json.loads((tmp_path / "run/fold0/done.json").read_text())
-    assert done["best_epoch"] == 1 and done["epochs_run"] == 2
+    assert done["selected_epoch"] == 1 and done["epochs_run"] == 2
+    train(CLA_TASK, tiny_config(CLA_TASK, tmp_path / "last", cla_data, epochs=4, patience=1, lr=0.0, folds="0",
+                                ema_decay=0.0))                      # select_epoch last: no early stop
+    done = json.loads((tmp_path / "last/run/fold0/done.json").read_text())
+    assert done["selected_epoch"] == 4 and done["epochs_run"] == 4
 
 
 def test_folds_trained_separately_gather_into_one_run(tmp_path, cla_data):

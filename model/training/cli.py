@@ -50,8 +50,12 @@ def _main(argv: list[str], default_task: Path | None, prog: str) -> int:
     rule = metrics["rule_report"]
     print(f"OOF {task.name} {task.metric}: {metrics['oof_default_rule']['score']:.4f} with the neutral rule -> "
           f"{metrics['oof_tuned_rule']['score']:.4f} with the rule kept ({rule['why']}); folds {metrics['folds_done']}"
-          + (f"; folds {metrics['folds_missing']} not finished" if metrics["folds_missing"] else "")
-          + f"\nrun folder: {cfg.out}")
+          + (f"; folds {metrics['folds_missing']} not finished" if metrics["folds_missing"] else ""))
+    if "probe" in metrics and cfg.recipe == "finetune":
+        verdict = "fine-tuning paid" if metrics["gain_over_probe"] > 0 else "FINE-TUNING DID NOT PAY: export the probe"
+        print(f"linear probe on the same folds: {metrics['probe']['oof_tuned_rule']:.4f} "
+              f"({metrics['gain_over_probe']:+.4f} for this recipe: {verdict})")
+    print(f"run folder: {cfg.out}")
     return 0
 
 

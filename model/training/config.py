@@ -37,6 +37,14 @@ class TrainConfig:
     precision: str = opt("auto", "autocast: auto (bf16/fp16 on CUDA, bf16 on a CPU that has it, else fp32)",
                          choices=("auto", "fp32", "bf16", "fp16"))
     workers: int = opt(2, "data loading processes")
+    # recipe
+    recipe: str = opt("finetune", "finetune (train the network) or probe (a logistic regression on frozen features)",
+                      choices=("finetune", "probe"))
+    probe_c: float = opt(0.0, "inverse regularisation of the probe's regression; 0 chooses it by inner cross-validation")
+    head_init: str = opt("random", "classifier start: random, or probe (the fold's probe: linear probe, then fine-tune)",
+                         choices=("random", "probe"))
+    backbone_lr: float = opt(1.0, "the backbone's learning rate as a fraction of lr (the classifier gets lr)")
+    layer_decay: float = opt(1.0, "layer-wise LR decay: each block closer to the input gets this fraction of the next")
     # network
     backbone: str = opt("tf_efficientnet_lite0", "any timm model name")
     pretrained: str = opt("imagenet", "none, imagenet (offline, tf_efficientnet_lite0/1/2), hub, or a state dict file")
@@ -50,7 +58,9 @@ class TrainConfig:
     warmup_epochs: float = opt(1.0, "linear warm-up, then cosine decay")
     grad_clip: float = opt(2.0, "gradient norm clip")
     ema_decay: float = opt(0.995, "EMA of the weights (0: off); validated and exported")
-    patience: int = opt(6, "epochs without a better validation score before a fold stops")
+    select_epoch: str = opt("last", "each fold's network: the last epoch (honest OOF), or the best on its validation "
+                            "fold (early stopping; its OOF is optimistic)", choices=("last", "best"))
+    patience: int = opt(6, "with select_epoch best: epochs without a better validation score before a fold stops")
     # regularisation and augmentation
     label_smoothing: float = opt(0.1, "label smoothing of the targets")
     aug_strength: float = opt(1.0, "scales every augmentation's range; 0 turns them off (flips stay)")

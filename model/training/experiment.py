@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pandas as pd
 import yaml
 
 from ..atomic import atomic_path, write_json, write_text
-from ..bundle import WEIGHTS_DIR, BundleError, export_bundle, load_checkpoint
+from ..bundle import WEIGHTS_DIR, BundleError, export_bundle, load_checkpoint, save_checkpoint
 from ..decision import tune_rule
 from ..device import resolve_device
 from ..images import ImageReadError, load_rgb
@@ -27,7 +28,7 @@ from ..readers import DatasetError, read_dataset
 from ..task import task_from_dict
 from .config import TrainConfig, differing_keys, portable, read_config, save_config, selected_folds
 from .dataset import build_cache
-from .engine import train_fold
+from .engine import checkpoint_meta, train_fold, validation_score
 from .folds import FOLDS_DIR, content_hash, duplicate_sets, load_or_make_folds
 
 log = logging.getLogger("train")
@@ -139,9 +140,39 @@ def assign_folds(task, cfg: TrainConfig, samples, hashes, run_dir: Path) -> np.n
     return fold_ids
 
 
+def run_probe(task, cfg: TrainConfig, items, hashes, labels, targets, masks, fold_ids, run_dir: Path, device) -> dict:
+    """The linear probe on the run's folds: its heads per fold, and its OOF probabilities saved in
+    RUN_DIR/probe/ for the run's report. With ``recipe: probe`` the probe networks are the run's folds."""
+    from .probe import features_for, head_probs, probe_folds, probe_network
+    started = time.perf_counter()
+    features = features_for(cfg, items, hashes, device)
+    heads = probe_folds(task, cfg, features, targets, masks, fold_ids)
+    oof = np.zeros((len(items), len(task.heads)))
+    for fold, (W, b) in heads.items():
+        oof[fold_ids == fold] = head_probs(task.kind, W, b, features[fold_ids == fold])
+    with atomic_path(run_dir / "probe" / "oof.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, oof)
+    log.info("%s: linear probe on %s features fitted on %d folds in %.1fs", task.name, cfg.backbone, len(heads),
+             time.perf_counter() - started)
+    if cfg.recipe == "probe":
+        for fold in selected_folds(cfg):
+            fold_dir, val = run_dir / f"fold{fold}", fold_ids == fold
+            if (fold_dir / "done.json").is_file():
+                continue
+            score = validation_score(task, labels[val], oof[val])
+            save_checkpoint(fold_dir / "best.pt", probe_network(cfg, len(task.heads), *heads[fold]),
+                            checkpoint_meta(task, cfg, fold, 0, score))
+            with atomic_path(fold_dir / "oof.npy") as tmp, open(tmp, "wb") as f:
+                np.save(f, oof[val])
+            write_json(fold_dir / "history.json", [])
+            write_json(fold_dir / "done.json", {"fold": fold, "selected_epoch": 0, "score": score, "epochs_run": 0,
+                                                "n_val": int(val.sum()), "precision": "fp32", "seconds_per_epoch": None})
+    return heads
+
+
 def train(task, cfg: TrainConfig, report=None) -> dict:
     """Train the folds ``cfg.folds`` selects (finished ones are skipped) and summarise the run."""
-    resolve_device(cfg.device)  # a missing GPU is reported before minutes of decoding
+    device = resolve_device(cfg.device)  # a missing GPU is reported before minutes of decoding
     folds = selected_folds(cfg)
     with logging_to(_Recorder()) as recorder:
         root, samples, items, hashes = prepare_data(task, cfg)
@@ -154,9 +185,11 @@ def train(task, cfg: TrainConfig, report=None) -> dict:
             fold_ids = assign_folds(task, cfg, samples, hashes, run_dir)
             labels = np.array([s.labels for s in samples])
             targets, masks = task.kind.encode(labels, len(task.heads))
-            for fold in folds:
+            heads = run_probe(task, cfg, items, hashes, labels, targets, masks, fold_ids, run_dir, device)
+            for fold in folds if cfg.recipe == "finetune" else ():
                 train_fold(task, cfg, items, targets, masks, labels, fold_ids, fold, run_dir,
-                           report=(lambda epoch, score, f=fold: report(f, epoch, score)) if report else None)
+                           report=(lambda epoch, score, f=fold: report(f, epoch, score)) if report else None,
+                           head=heads[fold] if cfg.head_init == "probe" else None)
             metrics = summarise(run_dir)
     except BaseException as e:
         _mark_failed(run_dir, created, e)
@@ -211,6 +244,10 @@ def summarise(run_dir: str | Path) -> dict:
                "n_oof": int(covered.sum()), "n_images": len(frame), "per_fold": per_fold,
                "oof_default_rule": _scores(task, labels, oof, task.neutral_rule()),
                "oof_tuned_rule": _scores(task, labels, oof, rule), "rule": rule, "rule_report": rule_report}
+    if (run_dir / "probe" / "oof.npy").is_file():
+        metrics["probe"] = _probe_scores(task, np.load(run_dir / "probe" / "oof.npy")[covered], labels,
+                                         frame["fold"].to_numpy()[covered])
+        metrics["gain_over_probe"] = metrics["oof_tuned_rule"]["score"] - metrics["probe"]["oof_tuned_rule"]
     oof_frame = frame[["key", "fold"]].copy()
     for j, head in enumerate(task.heads):
         oof_frame[f"p_{head}"] = probs[:, j]
@@ -226,7 +263,20 @@ def summarise(run_dir: str | Path) -> dict:
     log.info("%s OOF %s: %.4f with the neutral rule, %.4f with the rule kept (%s: %s)", task.name, task.metric,
              metrics["oof_default_rule"]["score"], metrics["oof_tuned_rule"]["score"],
              "tuned" if rule_report["adopted"] else "neutral", rule_report["why"])
+    if "probe" in metrics:
+        log.info("%s OOF %s of the linear probe on the same folds: %.4f (%+.4f for this recipe)", task.name,
+                 task.metric, metrics["probe"]["oof_tuned_rule"], metrics["gain_over_probe"])
     return metrics
+
+
+def _probe_scores(task, probs: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> dict:
+    """The probe's OOF score on the images the run covers, with the neutral rule and with its own rule."""
+    rule, _ = tune_rule(task, probs, labels)
+    per_fold = [float(task.kind.scores(task, labels[folds == k], task.decide(probs[folds == k]), probs[folds == k])["score"])
+                for k in np.unique(folds)]
+    return {"oof_default_rule": task.kind.scores(task, labels, task.decide(probs), probs)["score"],
+            "oof_tuned_rule": task.kind.scores(task, labels, task.decide(probs, rule), probs)["score"],
+            "per_fold": per_fold}
 
 
 def _scores(task, labels: np.ndarray, probs: np.ndarray, rule: dict) -> dict:

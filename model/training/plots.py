@@ -29,6 +29,8 @@ def plot_curves(run_dir: Path, task, folds: list[int]) -> None:
         epochs = [h["epoch"] for h in history]
         scores = [h["val_score"] for h in history]
         best = int(np.argmax(scores))
+        selected = json.loads((run_dir / f"fold{k}" / "done.json").read_text()).get("selected_epoch") \
+            if (run_dir / f"fold{k}" / "done.json").is_file() else None
         fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.5, 5), sharex=True, height_ratios=(3, 1))
         lines = top.plot(epochs, [h["train_loss"] for h in history], "o-", color="tab:blue", label="training loss")
         top.set_ylabel("training loss")
@@ -36,6 +38,10 @@ def plot_curves(run_dir: Path, task, folds: list[int]) -> None:
         lines += right.plot(epochs, scores, "s-", color="tab:red", label=f"validation {task.metric}")
         lines += right.plot([epochs[best]], [scores[best]], "*", color="gold", markeredgecolor="black",
                             markersize=16, label=f"best: epoch {epochs[best]}, {scores[best]:.4f}")
+        if selected in epochs:
+            i = epochs.index(selected)
+            lines += right.plot([selected], [scores[i]], "o", markerfacecolor="none", markeredgecolor="black",
+                                markersize=13, label=f"selected: epoch {selected}, {scores[i]:.4f}")
         right.set_ylabel(f"validation {task.metric}")
         top.legend(lines, [ln.get_label() for ln in lines], loc="best", fontsize=8)
         top.set_title(f"{task.title}: fold {k} ({len(history)} epoch{'s' if len(history) > 1 else ''})")
@@ -52,9 +58,10 @@ def plot_confusion(path: Path, task, labels: np.ndarray, predicted: np.ndarray, 
     """One confusion matrix per panel the task's kind defines (the classes, or each label's 0/1)."""
     panels = task.kind.confusion_panels(task, labels, predicted)
     size = 4.8 if len(panels) == 1 else 3.4
-    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels) + 0.6, size), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels) + 0.6, size), squeeze=False,
+                             layout="constrained")
     for ax, (title, y_true, y_pred, names) in zip(axes[0], panels):
-        _matrix(fig, ax, y_true, y_pred, names, title)
+        _matrix(fig, ax, y_true, y_pred, names, "" if len(panels) == 1 else title)
     fig.suptitle(f"{task.title}: out-of-fold, decision rule applied; {task.metric} {score:.4f}", fontsize=10)
     save_figure(fig, path)
 
@@ -69,10 +76,10 @@ def _matrix(fig, ax, y_true, y_pred, names, title):
         for j in range(n):
             ax.text(j, i, matrix[i, j], ha="center", va="center", fontsize=9,
                     color="white" if matrix[i, j] > threshold else "black")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, ticks=MaxNLocator(integer=True))
     ax.set_xticks(range(n), names)
     ax.set_yticks(range(n), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     accuracy = np.trace(matrix) / matrix.sum() if matrix.sum() else float("nan")
-    ax.set_title(f"{title}\nn={matrix.sum()}, accuracy {accuracy:.3f}", fontsize=9)
+    ax.set_title(f"{title + chr(10) if title else ''}n={matrix.sum()}, accuracy {accuracy:.3f}", fontsize=9)
