@@ -24,12 +24,14 @@ from ..bundle import WEIGHTS_DIR, BundleError, export_bundle, load_checkpoint, s
 from ..decision import tune_rule
 from ..device import resolve_device
 from ..images import ImageReadError, load_rgb
+from ..network import normalisation
 from ..readers import DatasetError, read_dataset
 from ..task import task_from_dict
 from .config import TrainConfig, differing_keys, portable, read_config, save_config, selected_folds
 from .dataset import build_cache
 from .engine import checkpoint_meta, train_fold, validation_score
 from .folds import FOLDS_DIR, content_hash, duplicate_sets, load_or_make_folds
+from .gallery import write_gallery
 
 log = logging.getLogger("train")
 PROJECT = Path(__file__).resolve().parents[2]
@@ -145,7 +147,7 @@ def run_probe(task, cfg: TrainConfig, items, hashes, labels, targets, masks, fol
     RUN_DIR/probe/ for the run's report. With ``recipe: probe`` the probe networks are the run's folds."""
     from .probe import features_for, head_probs, probe_folds, probe_network
     started = time.perf_counter()
-    features = features_for(cfg, items, hashes, device)
+    features = features_for(cfg, len(task.heads), items, hashes, device)
     heads = probe_folds(task, cfg, features, targets, masks, fold_ids)
     oof = np.zeros((len(items), len(task.heads)))
     for fold, (W, b) in heads.items():
@@ -191,6 +193,10 @@ def train(task, cfg: TrainConfig, report=None) -> dict:
                            report=(lambda epoch, score, f=fold: report(f, epoch, score)) if report else None,
                            head=heads[fold] if cfg.head_init == "probe" else None)
             metrics = summarise(run_dir)
+            if not metrics["folds_missing"]:
+                _, frame, probs, _ = gather_oof(run_dir)
+                write_gallery(run_dir, task, [item.eval for item in items], labels, probs, fold_ids,
+                              metrics["rule"], *normalisation(cfg.backbone))
     except BaseException as e:
         _mark_failed(run_dir, created, e)
         raise
@@ -222,21 +228,27 @@ def _labels_of(task, frame: pd.DataFrame) -> np.ndarray:
     return frame[task.kind.label_columns(task.heads)].to_numpy()
 
 
+def gather_oof(run_dir: Path):
+    """(task, samples frame, OOF probabilities with NaN rows for unfinished folds, finished folds' summaries)."""
+    task, frame = read_run(run_dir)
+    n_folds = int(frame["fold"].max()) + 1
+    probs = np.full((len(frame), len(task.heads)), np.nan)
+    per_fold = []
+    for k in range(n_folds):
+        if (run_dir / f"fold{k}" / "done.json").is_file():
+            probs[frame["fold"].to_numpy() == k] = np.load(run_dir / f"fold{k}" / "oof.npy")
+            per_fold.append(json.loads((run_dir / f"fold{k}" / "done.json").read_text()))
+    return task, frame, probs, per_fold
+
+
 def summarise(run_dir: str | Path) -> dict:
     """OOF probabilities of the finished folds, scores before and after the decision rule, plots."""
     run_dir = Path(run_dir)
-    task, frame = read_run(run_dir)
-    n_folds = int(frame["fold"].max()) + 1
-    done = [k for k in range(n_folds) if (run_dir / f"fold{k}" / "done.json").is_file()]
-    missing = [k for k in range(n_folds) if k not in done]
+    task, frame, probs, per_fold = gather_oof(run_dir)
+    done = [f["fold"] for f in per_fold]
+    missing = [k for k in range(int(frame["fold"].max()) + 1) if k not in done]
     if not done:
         raise ValueError(f"{run_dir}: no finished fold yet; train first")
-    probs = np.full((len(frame), len(task.heads)), np.nan)
-    per_fold = []
-    for k in done:
-        idx = np.flatnonzero(frame["fold"].to_numpy() == k)
-        probs[idx] = np.load(run_dir / f"fold{k}" / "oof.npy")
-        per_fold.append(json.loads((run_dir / f"fold{k}" / "done.json").read_text()))
     covered = ~np.isnan(probs[:, 0])
     labels, oof = _labels_of(task, frame)[covered], probs[covered]
     rule, rule_report = tune_rule(task, oof, labels)

@@ -33,8 +33,9 @@ C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 CACHE = Path(__file__).resolve().parents[2] / "runs" / ".cache" / "features"
 
 
-def _cache_key(cfg: TrainConfig, hashes: list[str]) -> str:
-    digest = hashlib.sha256("\n".join([cfg.backbone, str(cfg.img_size), cfg.pretrained, *hashes]).encode())
+def _cache_key(cfg: TrainConfig, n_heads: int, hashes: list[str]) -> str:
+    parts = [cfg.backbone, str(cfg.img_size), cfg.pretrained, str(cfg.seed), str(n_heads), *hashes]
+    digest = hashlib.sha256("\n".join(parts).encode())
     return digest.hexdigest()[:24]
 
 
@@ -42,10 +43,19 @@ def _digest(features: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(features).tobytes()).hexdigest()
 
 
+def frozen_backbone(cfg: TrainConfig, n_heads: int):
+    """The probe's network in eval mode. Without pretrained weights the backbone is a random one, and the
+    features and the exported probe must come from the same one: seeded, and with the task's number of
+    outputs (timm's random initialisation of the backbone depends on it)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return create_network(cfg.backbone, n_heads, cfg.pretrained, cfg.drop_rate).eval()
+
+
 @torch.inference_mode()
-def compute_features(cfg: TrainConfig, items: list[CachedImage], device: torch.device) -> np.ndarray:
+def compute_features(cfg: TrainConfig, n_heads: int, items: list[CachedImage], device: torch.device) -> np.ndarray:
     """(N, 2, D) pooled features of each image's inference view and its flip."""
-    net = create_network(cfg.backbone, 1, cfg.pretrained).to(device).eval().to(memory_format=torch.channels_last)
+    net = frozen_backbone(cfg, n_heads).to(device).to(memory_format=torch.channels_last)
     norm = InputNorm(*normalisation(cfg.backbone)).to(device)
     out = []
     for start in range(0, len(items), 32):
@@ -56,10 +66,10 @@ def compute_features(cfg: TrainConfig, items: list[CachedImage], device: torch.d
     return np.concatenate(out)
 
 
-def features_for(cfg: TrainConfig, items: list[CachedImage], hashes: list[str], device: torch.device,
+def features_for(cfg: TrainConfig, n_heads: int, items: list[CachedImage], hashes: list[str], device: torch.device,
                  cache: Path = CACHE) -> np.ndarray:
     """The cached features of these images for this backbone, size and weights, or computed and cached."""
-    path = cache / f"{_cache_key(cfg, hashes)}.npz"
+    path = cache / f"{_cache_key(cfg, n_heads, hashes)}.npz"
     try:
         with np.load(path) as saved:
             features, digest = saved["features"], str(saved["digest"])
@@ -68,7 +78,7 @@ def features_for(cfg: TrainConfig, items: list[CachedImage], hashes: list[str], 
         log.warning("%s: cached features do not match their digest; computing them again", path)
     except (OSError, KeyError, ValueError):
         pass
-    features = compute_features(cfg, items, device)
+    features = compute_features(cfg, n_heads, items, device)
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, features=features, digest=_digest(features))
@@ -146,7 +156,7 @@ def probe_folds(task, cfg: TrainConfig, features: np.ndarray, targets: np.ndarra
 
 def probe_network(cfg: TrainConfig, n_heads: int, W: np.ndarray, b: np.ndarray):
     """The probe as a network: the frozen backbone with the regression as its classifier."""
-    net = create_network(cfg.backbone, n_heads, cfg.pretrained, cfg.drop_rate).eval()
+    net = frozen_backbone(cfg, n_heads)
     set_head(net, W, b)
     return net
 
