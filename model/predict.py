@@ -36,6 +36,7 @@ READ_TIMEOUT = 60.0  # seconds one image file may take to read before it is give
 
 @dataclass
 class TestImage:
+    __test__ = False  # a test image of the test set, not a pytest test class
     id: int
     path: Path
 

@@ -147,3 +147,15 @@ def test_record_archives_exactly_what_was_submitted_and_plot_draws_every_scored_
 def test_plot_needs_a_scored_submission(tmp_path):
     with pytest.raises(SubmissionError, match="no submission has an OOF score and a public or local score"):
         plot(tmp_path / "p.png", tmp_path / "empty")
+
+
+def test_submissions_cli_errors_are_messages(tmp_path, weights, capsys):
+    from model.cli import guarded
+    from model.submissions import main
+    code = guarded(main, ["record", "x", "--pred-dir", str(tmp_path), "--weights", str(weights)])
+    assert code == 2 and f"missing {tmp_path / 'cla_pre.csv'}" in capsys.readouterr().err
+    assert guarded(main, ["record", "bad name!", "--pred-dir", str(tmp_path)]) == 2
+    assert "use letters, digits" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["public", "x", "high"])
+    assert "invalid float value: 'high'" in capsys.readouterr().err

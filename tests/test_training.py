@@ -246,11 +246,15 @@ def test_unknown_labels_are_masked_not_zero():
 
 def test_automatic_label_weights_favour_rare_labels():
     targets = np.array([[1, 1], [0, 1], [0, 0], [0, 1], [0, 0], [0, 0], [0, 1], [0, 0], [0, 0], [0, 0]], np.float32)
-    weights = auto_label_weights(targets, np.ones_like(targets))
-    assert weights[0] > weights[1]                                   # 10% positive beats 40%
-    assert weights == pytest.approx([1 / np.sqrt(0.1 * 0.9), 1 / np.sqrt(0.4 * 0.6)] / np.mean(
-        [1 / np.sqrt(0.1 * 0.9), 1 / np.sqrt(0.4 * 0.6)]))
-    assert UNKNOWN == -1
+    masks = np.ones_like(targets)
+    masks[0, 1] = 0                                                   # an unknown label does not count
+    expected = np.array([1 / np.sqrt(0.1 * 0.9), 1 / np.sqrt(3 / 9 * 6 / 9)])
+    assert auto_label_weights(targets, masks) == pytest.approx(expected / expected.mean())
+    from tests.helpers import generic_task
+    task = generic_task(kind="multi-label", heads=("rare", "common"))
+    loss = task.kind.make_loss(build_config(task), targets, masks)   # the default recipe: label_weights auto
+    assert loss.weights.tolist() == pytest.approx((expected / expected.mean()).tolist())
+    assert loss.weights[0] > loss.weights[1] and UNKNOWN == -1
 
 
 def test_box_cutmix_mixes_labels_by_lesion_area():
