@@ -48,9 +48,9 @@ def test_the_probe_recipe_trains_exports_and_serves_like_any_bundle(tmp_path, cl
     from model.network import InputNorm
     ckpt = load_checkpoint(tmp_path / "run/fold0/best.pt")
     net = network_from_checkpoint(ckpt)
-    items, _ = _items_and_hashes(cla_data)
+    images, _ = _items_and_hashes(cla_data)
     val = pd.read_csv(tmp_path / "run/samples.csv")["fold"].to_numpy() == 0
-    x = InputNorm(ckpt["mean"], ckpt["std"])(torch.from_numpy(np.stack([i.eval for i, v in zip(items, val) if v])).permute(0, 3, 1, 2))
+    x = InputNorm(ckpt["mean"], ckpt["std"])(torch.from_numpy(images[val]).permute(0, 3, 1, 2))
     with torch.no_grad():
         probs = (net(x).softmax(1) + net(x.flip(3)).softmax(1)).numpy() / 2
     np.testing.assert_allclose(probs, np.load(tmp_path / "run/fold0/oof.npy"), atol=1e-4)
@@ -98,8 +98,8 @@ def _items_and_hashes(data):
     from model.training.dataset import build_cache
     from model.training.folds import content_hash
     _, result = read_dataset(CLA_TASK, data)
-    items, _ = build_cache(result.samples, TEST_SIZE, 1.15)
-    return items, [content_hash(s.path) for s in result.samples]
+    cache, _ = build_cache(result.samples, TEST_SIZE, 1.15)
+    return cache.eval, [content_hash(s.path) for s in result.samples]
 
 
 def test_the_probe_head_equals_a_regression_on_standardised_features():
@@ -122,14 +122,14 @@ def test_the_probe_head_equals_a_regression_on_standardised_features():
 
 def test_probe_features_are_cached_and_verified(tmp_path, cla_data):
     cfg = config(CLA_TASK, tmp_path, cla_data)
-    items, hashes = _items_and_hashes(cla_data)
-    first = features_for(cfg, 6, items, hashes, torch.device("cpu"), cache=tmp_path / "cache")
+    images, hashes = _items_and_hashes(cla_data)
+    first = features_for(cfg, 6, images, hashes, torch.device("cpu"), cache=tmp_path / "cache")
     (cached,) = (tmp_path / "cache").glob("*.npz")
     data = dict(np.load(cached))
     data["features"] = data["features"] + 1                          # tampered: the digest no longer matches
     with open(cached, "wb") as f:
         np.savez(f, **data)
-    again = features_for(cfg, 6, items, hashes, torch.device("cpu"), cache=tmp_path / "cache")
+    again = features_for(cfg, 6, images, hashes, torch.device("cpu"), cache=tmp_path / "cache")
     np.testing.assert_array_equal(again, first)
 
 

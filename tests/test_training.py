@@ -18,7 +18,7 @@ from tests.helpers import (CLA_TASK, FEA_TASK, TEST_BACKBONE, TEST_SIZE, make_bu
                            make_test_folder)
 
 TINY = dict(backbone=TEST_BACKBONE, pretrained="none", img_size=TEST_SIZE, epochs=2, batch_size=8,
-            n_folds=2, workers=0, patience=5)
+            n_folds=2, workers=0, patience=5, checkpoint_every=0)
 
 
 def tiny_config(task, tmp_path, data, **extra):
@@ -99,6 +99,18 @@ def test_interrupted_run_resumes_at_the_last_finished_epoch(tmp_path, cla_data):
     train(CLA_TASK, tiny_config(CLA_TASK, tmp_path, cla_data, epochs=3, out=str(tmp_path / "straight")))
     straight = json.loads((tmp_path / "straight/fold1/history.json").read_text())
     assert [(h["train_loss"], h["val_score"]) for h in history] == [(h["train_loss"], h["val_score"]) for h in straight]
+
+
+def test_the_resume_state_is_saved_at_most_once_per_interval(tmp_path, cla_data, monkeypatch):
+    import model.training.engine as engine
+    saves = []
+    real = engine.torch.save
+    monkeypatch.setattr(engine.torch, "save", lambda obj, path: (saves.append(path) if ".last.pt" in str(path) else None,
+                                                                  real(obj, path)))
+    train(CLA_TASK, tiny_config(CLA_TASK, tmp_path, cla_data, epochs=4, folds="0", checkpoint_every=3600))
+    assert saves == []                                                # a 4-epoch fold well inside an hour
+    train(CLA_TASK, tiny_config(CLA_TASK, tmp_path / "each", cla_data, epochs=4, folds="0"))
+    assert len(saves) == 3                                            # every epoch but the last one
 
 
 def test_resume_state_loads_without_pickle(tmp_path, cla_data):

@@ -15,7 +15,7 @@ SPACE = {"lr": {"low": 1e-4, "high": 1e-2, "log": True}, "label_smoothing": {"lo
 
 def base_config(task, tmp_path, data):
     return build_config(task, overrides=dict(data=str(data), folds="0", backbone=TEST_BACKBONE, pretrained="none",
-                                             img_size=TEST_SIZE, epochs=2, batch_size=8, n_folds=2, workers=0,
+                                             img_size=TEST_SIZE, epochs=2, batch_size=8, n_folds=2, workers=0, checkpoint_every=0,
                                              folds_dir=str(tmp_path / "folds")))
 
 

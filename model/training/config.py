@@ -36,7 +36,12 @@ class TrainConfig:
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     precision: str = opt("auto", "autocast: auto (bf16/fp16 on CUDA, bf16 on a CPU that has it, else fp32)",
                          choices=("auto", "fp32", "bf16", "fp16"))
-    workers: int = opt(2, "data loading processes")
+    workers: int = opt(-1, "loader processes with augment cpu; -1: every core but one on CUDA (at most 16), 1 on CPU")
+    augment: str = opt("auto", "where images are augmented: cpu (albumentations, in loader processes), device (in "
+                       "torch, on the training device, from a cache held there), auto (device on a GPU that holds the "
+                       "cache, else cpu)", choices=("auto", "cpu", "device"))
+    compile: bool = opt(False, "torch.compile the network for the training step (CUDA; minutes of compiling first)")
+    checkpoint_every: float = opt(60.0, "seconds between saves of the resume state (0: after every epoch)")
     # recipe
     recipe: str = opt("finetune", "finetune (train the network) or probe (a logistic regression on frozen features)",
                       choices=("finetune", "probe"))
@@ -77,9 +82,9 @@ class TrainConfig:
 
 
 # Keys that may differ when a run folder is resumed or shared between processes.
-RUNTIME_KEYS = {"folds", "device", "workers", "out", "data", "folds_dir"}
+RUNTIME_KEYS = {"folds", "device", "workers", "out", "data", "folds_dir", "checkpoint_every", "compile"}
 # Keys that describe where a run lives on one machine: never written into a bundle.
-MACHINE_KEYS = {"data", "out", "folds_dir", "folds", "device", "workers"}
+MACHINE_KEYS = {"data", "out", "folds_dir", "folds", "device", "workers", "checkpoint_every", "compile"}
 RENAMED = {"feature_weights": "label_weights"}
 
 
@@ -112,10 +117,11 @@ def coerce(key: str, value, kind):
             value = value if isinstance(value, list) else [v for v in str(value).split(",") if v.strip()]
             value = [v if v == "auto" else float(v) for v in value]
         elif isinstance(default, bool):
-            value = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+            truth = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+            value = value if isinstance(value, bool) else truth[str(value).lower()]
         else:
             value = type(default)(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, KeyError):
         raise ValueError(f"{key}={value!r}: expected {type(default).__name__}, like {default!r}") from None
     if meta["choices"] and value not in meta["choices"]:
         raise ValueError(f"{key}={value!r}: choose from {', '.join(meta['choices'])}")

@@ -1,11 +1,20 @@
-"""Training data: a decoded-image cache, albumentations augmentation and box-guided CutMix.
+"""Training data: the decoded-image cache, the epoch sampler, and the CPU augmentation pipeline.
 
-Each image is decoded once per process: frame cropped, kept at ``cache_scale * img_size`` for training
-(room for scale/shift augmentation) and at exactly ``img_size`` for validation, the very array that
-``run.py`` would feed the model, so out-of-fold probabilities match test-time ones.
+Each image is decoded once: frame cropped, kept at ``cache_scale * img_size`` for training (room for
+scale and shift augmentation) and at exactly ``img_size`` for validation, the very array that ``run.py``
+would feed the model, so out-of-fold probabilities match test-time ones. The cache is two contiguous
+uint8 arrays: loader workers share them (fork, copy-on-write), and the device augmentation path uploads
+them to the GPU in one piece (model.training.augment).
+
+Randomness travels with the indices: the sampler hands out (seed, index) pairs drawn from (run seed,
+fold, epoch), and each image's augmentation is seeded from its pair. So results do not depend on the
+number of loader workers, workers persist from epoch to epoch, and a resumed run repeats an
+uninterrupted one.
 """
 from __future__ import annotations
 
+import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing import get_context
 
@@ -13,7 +22,7 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from ..images import ImageReadError, border_box, boxes_after_crop, load_rgb, resize_square
 from ..readers import Sample
@@ -24,6 +33,23 @@ class CachedImage:
     train: np.ndarray   # (S, S, 3) uint8, S = cache size
     eval: np.ndarray    # (img_size, img_size, 3) uint8, as at inference
     boxes: np.ndarray   # (n, 4) normalised x0, y0, x1, y1 in the cropped image
+
+
+class ImageCache(Sequence):
+    """Every decoded image in two contiguous uint8 arrays; ``cache[i]`` is a CachedImage of views."""
+
+    def __init__(self, train: np.ndarray, eval: np.ndarray, boxes: list[np.ndarray]):
+        self.train, self.eval, self.boxes = train, eval, boxes
+
+    def __len__(self) -> int:
+        return len(self.train)
+
+    def __getitem__(self, i) -> CachedImage:
+        return CachedImage(self.train[i], self.eval[i], self.boxes[i])
+
+    def subset(self, indices) -> "ImageCache":
+        indices = np.asarray(indices)
+        return ImageCache(self.train[indices], self.eval[indices], [self.boxes[i] for i in indices])
 
 
 def _decode(job):
@@ -38,19 +64,64 @@ def _decode(job):
                        boxes_after_crop(sample.boxes, box, img.shape[:2]))
 
 
-def build_cache(samples: list[Sample], img_size: int, cache_scale: float, workers: int = 0) -> tuple[list, list[str]]:
-    """Decode every image once: (cached images, None where a file could not be read; the errors)."""
-    jobs = [(s, img_size, max(img_size, round(img_size * cache_scale))) for s in samples]
+def cache_size(img_size: int, cache_scale: float) -> int:
+    return max(img_size, round(img_size * cache_scale))
+
+
+def build_cache(samples: list[Sample], img_size: int, cache_scale: float, workers: int = 0) -> tuple[ImageCache, list[str]]:
+    """Decode every image once: (the cache, with black images where a file could not be read; the errors)."""
+    size = cache_size(img_size, cache_scale)
+    jobs = [(s, img_size, size) for s in samples]
     if workers > 0 and len(jobs) > 8:
         with get_context("fork").Pool(workers) as pool:
-            items = pool.map(_decode, jobs, chunksize=8)
-    else:
-        items = [_decode(j) for j in jobs]
-    errors = [item for item in items if isinstance(item, str)]
-    return [None if isinstance(item, str) else item for item in items], errors
+            decoded = pool.imap(_decode, jobs, chunksize=8)
+            return _gather(decoded, len(jobs), img_size, size)
+    return _gather(map(_decode, jobs), len(jobs), img_size, size)
 
 
-def build_augmentation(img_size: int, strength: float, seed: int) -> A.Compose:
+def _gather(decoded, n: int, img_size: int, size: int) -> tuple[ImageCache, list[str]]:
+    train, evals = np.zeros((n, size, size, 3), np.uint8), np.zeros((n, img_size, img_size, 3), np.uint8)
+    boxes, errors = [np.zeros((0, 4), np.float32)] * n, []
+    for i, item in enumerate(decoded):
+        if isinstance(item, str):
+            errors.append(item)
+            continue
+        train[i], evals[i], boxes[i] = item.train, item.eval, item.boxes
+    return ImageCache(train, evals, boxes), errors
+
+
+def epoch_seed(seed: int, fold: int, epoch: int) -> int:
+    """The seed of one fold's epoch (epochs from 1): the same as before resuming."""
+    return seed * 1000 + fold * 100 + epoch - 1
+
+
+class EpochSampler(Sampler):
+    """(per-image seed, index) pairs for one epoch at a time: a seeded shuffle, or ``weights``-proportional
+    draws with replacement; ``set_epoch`` moves on. ``length`` images per epoch (whole batches)."""
+
+    def __init__(self, n: int, length: int, seed: int, fold: int, weights: np.ndarray | None = None):
+        self.n, self.length, self.seed, self.fold, self.weights = n, length, seed, fold, weights
+        self.epoch = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> np.ndarray:
+        rng = np.random.default_rng(epoch_seed(self.seed, self.fold, self.epoch))
+        if self.weights is None:
+            return rng.permutation(self.n)[: self.length]
+        return rng.choice(self.n, size=self.length, replace=True, p=self.weights / self.weights.sum())
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        base = epoch_seed(self.seed, self.fold, self.epoch) * 100_003
+        for position, index in enumerate(self.order()):
+            yield base + position, int(index)
+
+    def __len__(self) -> int:
+        return self.length
+
+
+def build_augmentation(img_size: int, strength: float) -> A.Compose:
     """Flips, mild affine (small angles only: rotations change 'direction'), intensity, blur/noise."""
     s = strength
     transforms = [A.HorizontalFlip(p=0.5)]
@@ -63,7 +134,7 @@ def build_augmentation(img_size: int, strength: float, seed: int) -> A.Compose:
                     p=min(1.0, 0.3 * s)),
         ]
     transforms.append(A.Resize(img_size, img_size, interpolation=cv2.INTER_AREA))
-    return A.Compose(transforms, strict=True, seed=seed)
+    return A.Compose(transforms, strict=True)
 
 
 def _area(box) -> float:
@@ -74,54 +145,60 @@ def _intersection(a, b) -> float:
     return _area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
 
 
-def box_cutmix(img: np.ndarray, boxes: np.ndarray, donor: CachedImage, rng: np.random.Generator,
-               margin: float = 0.1):
-    """Paste a lesion cut from ``donor`` (its label box plus a margin) at a random place in ``img``.
-
-    Returns (image, donor_weight) or None when either image has no lesion box. The labels mix by lesion
-    area: donor_weight = pasted lesion area / (pasted lesion area + the target lesion area left visible).
-    """
-    if len(boxes) == 0 or len(donor.boxes) == 0:
+def plan_cutmix(boxes: np.ndarray, donor_boxes: np.ndarray, size: int, rng: np.random.Generator,
+                margin: float = 0.1):
+    """Where to cut a donor's lesion (its label box plus a margin) and where to paste it in a ``size``
+    image: ((y0, y1, x0, x1) in the donor, (top, left) in the image, donor weight), or None when either
+    image has no lesion box. Labels mix by lesion area: donor weight = pasted lesion area / (pasted lesion
+    area + the target lesion area left visible). Both augmentation paths use this plan."""
+    if len(boxes) == 0 or len(donor_boxes) == 0:
         return None
-    size = img.shape[0]
-    d = donor.boxes[rng.integers(len(donor.boxes))]
+    d = donor_boxes[rng.integers(len(donor_boxes))]
     w, h = d[2] - d[0], d[3] - d[1]
     src = np.clip([d[0] - margin * w, d[1] - margin * h, d[2] + margin * w, d[3] + margin * h], 0, 1)
-    px = np.round(src * size).astype(int)
-    patch = donor.train[px[1]:px[3], px[0]:px[2]]
-    ph, pw = patch.shape[:2]
+    x0, y0, x1, y1 = np.round(src * size).astype(int)
+    ph, pw = y1 - y0, x1 - x0
     if ph < 2 or pw < 2 or ph >= size or pw >= size:
         return None
     top, left = int(rng.integers(0, size - ph + 1)), int(rng.integers(0, size - pw + 1))
-    out = img.copy()
-    out[top:top + ph, left:left + pw] = patch
     pasted = (left / size, top / size, (left + pw) / size, (top + ph) / size)
     donor_area = w * h
     visible = sum(_area(b) - _intersection(b, pasted) for b in boxes)
-    return out, float(donor_area / (donor_area + visible)) if donor_area + visible > 0 else 0.0
+    weight = float(donor_area / (donor_area + visible)) if donor_area + visible > 0 else 0.0
+    return (y0, y1, x0, x1), (top, left), weight
+
+
+def box_cutmix(img: np.ndarray, boxes: np.ndarray, donor: CachedImage, rng: np.random.Generator, margin: float = 0.1):
+    """``img`` with a lesion of ``donor`` pasted in, and the donor's weight; None when there is no plan."""
+    plan = plan_cutmix(boxes, donor.boxes, img.shape[0], rng, margin)
+    if plan is None:
+        return None
+    (y0, y1, x0, x1), (top, left), weight = plan
+    out = img.copy()
+    out[top:top + y1 - y0, left:left + x1 - x0] = donor.train[y0:y1, x0:x1]
+    return out, weight
 
 
 class TrainDataset(Dataset):
-    def __init__(self, items: list[CachedImage], targets: np.ndarray, masks: np.ndarray, img_size: int,
-                 aug_strength: float, cutmix_p: float, seed: int):
-        self.items, self.targets, self.masks = items, targets, masks
-        self.cutmix_p = cutmix_p
-        self.transform = build_augmentation(img_size, aug_strength, seed)
-        self.reseed(seed)
+    """Augmented training images (uint8 CHW), targets and masks; indexed by the sampler's (seed, index)."""
 
-    def reseed(self, seed: int) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.transform.set_random_seed(seed)
+    def __init__(self, cache: ImageCache, targets: np.ndarray, masks: np.ndarray, img_size: int,
+                 aug_strength: float, cutmix_p: float):
+        self.cache, self.targets, self.masks = cache, targets, masks
+        self.cutmix_p = cutmix_p
+        self.transform = build_augmentation(img_size, aug_strength)
 
     def __len__(self):
-        return len(self.items)
+        return len(self.cache)
 
-    def __getitem__(self, i):
-        item = self.items[i]
-        img, target, mask = item.train, self.targets[i], self.masks[i]
-        if self.cutmix_p > 0 and self.rng.random() < self.cutmix_p:
-            j = int(self.rng.integers(len(self.items)))
-            mixed = box_cutmix(img, item.boxes, self.items[j], self.rng)
+    def __getitem__(self, key: tuple[int, int]):
+        seed, i = key
+        rng = np.random.default_rng(seed)
+        self.transform.set_random_state(np.random.default_rng(rng.integers(2**63)), random.Random(int(rng.integers(2**63))))
+        img, target, mask = self.cache.train[i], self.targets[i], self.masks[i]
+        if self.cutmix_p > 0 and rng.random() < self.cutmix_p:
+            j = int(rng.integers(len(self.cache)))
+            mixed = box_cutmix(img, self.cache.boxes[i], self.cache[j], rng)
             if mixed is not None:
                 img, lam = mixed
                 target = (1 - lam) * target + lam * self.targets[j]
@@ -131,11 +208,11 @@ class TrainDataset(Dataset):
 
 
 class EvalDataset(Dataset):
-    def __init__(self, items: list[CachedImage]):
-        self.items = items
+    def __init__(self, images: np.ndarray):
+        self.images = images
 
     def __len__(self):
-        return len(self.items)
+        return len(self.images)
 
     def __getitem__(self, i):
-        return torch.from_numpy(self.items[i].eval).permute(2, 0, 1)
+        return torch.from_numpy(self.images[i]).permute(2, 0, 1)

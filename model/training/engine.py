@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -22,15 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from timm.utils import ModelEmaV3
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader
 
 from ..atomic import atomic_path, write_json
 from ..bundle import save_checkpoint
 from ..device import autocast, resolve_device, resolve_precision
 from ..network import InputNorm, create_network, normalisation
 from .config import TrainConfig
-from .dataset import CachedImage, EvalDataset, TrainDataset
-from .seeding import loader_generator, seed_everything, worker_init_fn
+from .augment import DeviceLoader, fits_on_device
+from .dataset import EpochSampler, EvalDataset, ImageCache, TrainDataset, epoch_seed
+from .seeding import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,39 @@ def validation_score(task, labels: np.ndarray, probs: np.ndarray) -> float:
     return task.kind.scores(task, labels, task.decide(probs), probs)["score"]
 
 
-def train_fold(task, cfg: TrainConfig, items: list[CachedImage], targets: np.ndarray, masks: np.ndarray,
+def resolve_workers(workers: int, device: torch.device) -> int:
+    """Loader processes: as asked, or for -1 every core but one on CUDA (at most 16) and one on CPU,
+    where the main process needs the cores for the step itself."""
+    if workers >= 0:
+        return workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(16, cores - 1) if device.type == "cuda" else min(1, cores - 1)
+
+
+def resolve_augment(cfg: TrainConfig, cache: ImageCache, device: torch.device) -> str:
+    """Where images are augmented: as asked, or for auto on a GPU that holds the cache, else on the CPU."""
+    if cfg.augment != "auto":
+        return cfg.augment
+    return "device" if device.type == "cuda" and fits_on_device(cache, device) else "cpu"
+
+
+def training_batches(cfg: TrainConfig, cache: ImageCache, targets: np.ndarray, masks: np.ndarray,
+                     sampler: EpochSampler, batch_size: int, device: torch.device):
+    """An iterable of (uint8 or float images, targets, masks) per epoch: augmented on the device from a
+    cache held there, or by loader processes that persist from epoch to epoch."""
+    if resolve_augment(cfg, cache, device) == "device":
+        return DeviceLoader(cache, targets, masks, sampler, batch_size, cfg.img_size, cfg.aug_strength,
+                            cfg.cutmix_p, device)
+    workers = resolve_workers(cfg.workers, device)
+    dataset = TrainDataset(cache, targets, masks, cfg.img_size, cfg.aug_strength, cfg.cutmix_p)
+    # A generator of its own: the loader draws its workers' base seed from it, not from the global one
+    # that dropout uses (which would then depend on the number of workers).
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=workers,
+                      pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                      prefetch_factor=4 if workers > 0 else None, generator=torch.Generator().manual_seed(cfg.seed))
+
+
+def train_fold(task, cfg: TrainConfig, cache: ImageCache, targets: np.ndarray, masks: np.ndarray,
                labels: np.ndarray, fold_ids: np.ndarray, fold: int, run_dir: Path, report=None, head=None) -> dict:
     """Train fold ``fold``; resumes from last.pt, returns the fold's summary (also saved as done.json).
 
@@ -124,15 +158,17 @@ def train_fold(task, cfg: TrainConfig, items: list[CachedImage], targets: np.nda
         from .probe import set_head
         set_head(net, *head)
     net = net.to(device).to(memory_format=torch.channels_last)
+    step_net = torch.compile(net) if cfg.compile else net  # the same parameters, compiled kernels
     ema = ModelEmaV3(net, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay > 0 else None
     loss_fn = kind.make_loss(cfg, targets[train_idx], masks[train_idx]).to(device)
 
-    train_set = TrainDataset([items[i] for i in train_idx], targets[train_idx], masks[train_idx], cfg.img_size,
-                             cfg.aug_strength, cfg.cutmix_p, cfg.seed + fold)
-    weights = kind.sample_weights(cfg, targets[train_idx])
     batch_size = min(cfg.batch_size, len(train_idx))  # a tiny fold still gets one full step per epoch
     steps_per_epoch = len(train_idx) // batch_size
-    val_loader = DataLoader(EvalDataset([items[i] for i in val_idx]), batch_size=cfg.batch_size * 2)
+    sampler = EpochSampler(len(train_idx), steps_per_epoch * batch_size, cfg.seed, fold,
+                           kind.sample_weights(cfg, targets[train_idx]))
+    loader = training_batches(cfg, cache.subset(train_idx), targets[train_idx], masks[train_idx], sampler, batch_size,
+                              device)
+    val_loader = DataLoader(EvalDataset(cache.eval[val_idx]), batch_size=cfg.batch_size * 2)
     val_labels = labels[val_idx]
 
     groups = param_groups(net, cfg)
@@ -156,30 +192,24 @@ def train_fold(task, cfg: TrainConfig, items: list[CachedImage], targets: np.nda
         state = saved["state"]
         log.info("fold %d: resuming after epoch %d", fold, state["epoch"])
 
+    saved_at = time.monotonic()
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
         if cfg.select_epoch == "best" and state["selected_epoch"] and epoch - state["selected_epoch"] > cfg.patience:
             log.info("fold %d: no better score for %d epochs, stopping", fold, cfg.patience)
             break
         started = time.perf_counter()
-        # Every epoch starts from its own seed, so a resumed run repeats an uninterrupted one exactly.
-        epoch_seed = cfg.seed * 1000 + fold * 100 + epoch - 1
-        seed_everything(epoch_seed)
-        generator = loader_generator(epoch_seed)
-        train_set.reseed(int(generator.initial_seed()) + 1)
-        sampler = (WeightedRandomSampler(weights, num_samples=steps_per_epoch * batch_size, generator=generator)
-                   if weights is not None else None)
-        loader = DataLoader(train_set, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                            drop_last=True, num_workers=cfg.workers, worker_init_fn=worker_init_fn,
-                            generator=generator, pin_memory=device.type == "cuda", persistent_workers=False)
+        # Every epoch starts from its own seed (dropout) and the sampler's (order, augmentation), so a
+        # resumed run repeats an uninterrupted one exactly.
+        seed_everything(epoch_seed(cfg.seed, fold, epoch))
+        sampler.set_epoch(epoch)
         net.train()
-        losses = []
+        loss_sum = torch.zeros((), device=device)
         for images, batch_targets, batch_masks in loader:
             x = norm(images.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
             with autocast(device, precision):
-                logits = net(x)
-            loss = loss_fn(logits.float(), batch_targets.to(device), batch_masks.to(device))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"fold {fold}, epoch {epoch}: loss is {loss.item()}; lower lr or use fp32")
+                logits = step_net(x)
+            loss = loss_fn(logits.float(), batch_targets.to(device, non_blocking=True),
+                           batch_masks.to(device, non_blocking=True))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -190,7 +220,10 @@ def train_fold(task, cfg: TrainConfig, items: list[CachedImage], targets: np.nda
             state["step"] += 1
             if ema is not None:
                 ema.update(net, step=state["step"])
-            losses.append(loss.item())
+            loss_sum += loss.detach()  # no .item() per step: it would wait for the GPU every step
+        train_loss = loss_sum.item() / steps_per_epoch
+        if not np.isfinite(train_loss):
+            raise FloatingPointError(f"fold {fold}, epoch {epoch}: loss is {train_loss}; lower lr or use fp32")
         model = ema.module if ema is not None else net
         probs = predict_probs(model, norm, val_loader, device, precision, kind)
         if not np.isfinite(probs).all():
@@ -198,21 +231,23 @@ def train_fold(task, cfg: TrainConfig, items: list[CachedImage], targets: np.nda
                                      "probabilities); lower lr or use --set precision=fp32")
         score = validation_score(task, val_labels, probs)
         seconds = time.perf_counter() - started
-        state["history"].append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_score": score,
+        state["history"].append({"epoch": epoch, "train_loss": train_loss, "val_score": score,
                                  "lr": max(g["lr"] for g in optimizer.param_groups), "seconds": seconds})
         log.info("fold %d epoch %d/%d: loss %.4f, val score %.4f (%.1fs)", fold, epoch, cfg.epochs,
-                 np.mean(losses), score, seconds)
-        if score > state["selected_score"] or cfg.select_epoch == "last":
+                 train_loss, score, seconds)
+        if cfg.select_epoch == "last" and epoch == cfg.epochs or cfg.select_epoch == "best" and score > state["selected_score"]:
             state["selected_score"], state["selected_epoch"] = score, epoch
             save_checkpoint(fold_dir / "best.pt", model, checkpoint_meta(task, cfg, fold, epoch, score))
             with atomic_path(fold_dir / "oof.npy") as tmp, open(tmp, "wb") as f:
                 np.save(f, probs)
         state["epoch"] = epoch
-        with atomic_path(fold_dir / "last.pt") as tmp:
-            torch.save({"model": net.state_dict(), "loss": loss_fn.state_dict(),
-                        "ema": ema.state_dict() if ema is not None else None,
-                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict(), "state": state}, tmp)
+        if epoch < cfg.epochs and time.monotonic() - saved_at >= cfg.checkpoint_every:
+            with atomic_path(fold_dir / "last.pt") as tmp:
+                torch.save({"model": net.state_dict(), "loss": loss_fn.state_dict(),
+                            "ema": ema.state_dict() if ema is not None else None,
+                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                            "scaler": scaler.state_dict(), "state": state}, tmp)
+            saved_at = time.monotonic()
         write_json(fold_dir / "history.json", state["history"])
         if report is not None:
             report(epoch, score)

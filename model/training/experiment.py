@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 import yaml
 
 from ..atomic import atomic_path, write_json, write_text
@@ -29,7 +30,7 @@ from ..readers import DatasetError, read_dataset
 from ..task import task_from_dict
 from .config import TrainConfig, differing_keys, portable, read_config, save_config, selected_folds
 from .dataset import build_cache
-from .engine import checkpoint_meta, train_fold, validation_score
+from .engine import checkpoint_meta, resolve_workers, train_fold, validation_score
 from .folds import FOLDS_DIR, content_hash, duplicate_sets, load_or_make_folds
 from .gallery import write_gallery
 
@@ -81,13 +82,13 @@ def run_log(run_dir: Path, earlier: list[logging.LogRecord] = ()):
         handler.close()
 
 
-def prepare_data(task, cfg: TrainConfig):
-    """Read the data and decode every image once; (dataset root, samples, cached images, content hashes).
+def prepare_data(task, cfg: TrainConfig, decoders: int = 0):
+    """Read the data and decode every image once; (dataset root, samples, image cache, content hashes).
 
     Label problems and unreadable images are reported together in one DatasetError, so a user fixes the
     data in one pass."""
     root, result = read_dataset(task, cfg.data)
-    items, errors = build_cache(result.samples, cfg.img_size, cfg.cache_scale, cfg.workers)
+    cache, errors = build_cache(result.samples, cfg.img_size, cfg.cache_scale, decoders)
     for path in result.unlabelled:  # images whose labels were refused: is the image itself readable?
         try:
             load_rgb(path)
@@ -105,7 +106,7 @@ def prepare_data(task, cfg: TrainConfig):
         labels = {result.samples[i].labels for i in indices}
         log.warning("byte-identical images %s: kept in one fold%s", ", ".join(names),
                     "; their labels differ, so at least one is wrong: fix it or remove the images" if len(labels) > 1 else "")
-    return root, result.samples, items, hashes
+    return root, result.samples, cache, hashes
 
 
 def open_run(task, cfg: TrainConfig) -> tuple[Path, bool]:
@@ -142,14 +143,14 @@ def assign_folds(task, cfg: TrainConfig, samples, hashes, run_dir: Path) -> np.n
     return fold_ids
 
 
-def run_probe(task, cfg: TrainConfig, items, hashes, labels, targets, masks, fold_ids, run_dir: Path, device) -> dict:
+def run_probe(task, cfg: TrainConfig, cache, hashes, labels, targets, masks, fold_ids, run_dir: Path, device) -> dict:
     """The linear probe on the run's folds: its heads per fold, and its OOF probabilities saved in
     RUN_DIR/probe/ for the run's report. With ``recipe: probe`` the probe networks are the run's folds."""
     from .probe import features_for, head_probs, probe_folds, probe_network
     started = time.perf_counter()
-    features = features_for(cfg, len(task.heads), items, hashes, device)
+    features = features_for(cfg, len(task.heads), cache.eval, hashes, device)
     heads = probe_folds(task, cfg, features, targets, masks, fold_ids)
-    oof = np.zeros((len(items), len(task.heads)))
+    oof = np.zeros((len(cache), len(task.heads)))
     for fold, (W, b) in heads.items():
         oof[fold_ids == fold] = head_probs(task.kind, W, b, features[fold_ids == fold])
     with atomic_path(run_dir / "probe" / "oof.npy") as tmp, open(tmp, "wb") as f:
@@ -177,7 +178,7 @@ def train(task, cfg: TrainConfig, report=None) -> dict:
     device = resolve_device(cfg.device)  # a missing GPU is reported before minutes of decoding
     folds = selected_folds(cfg)
     with logging_to(_Recorder()) as recorder:
-        root, samples, items, hashes = prepare_data(task, cfg)
+        root, samples, cache, hashes = prepare_data(task, cfg, resolve_workers(cfg.workers, torch.device("cpu")))
     cfg.dataset = cfg.dataset or root.name
     run_dir, created = open_run(task, cfg)
     try:
@@ -187,15 +188,15 @@ def train(task, cfg: TrainConfig, report=None) -> dict:
             fold_ids = assign_folds(task, cfg, samples, hashes, run_dir)
             labels = np.array([s.labels for s in samples])
             targets, masks = task.kind.encode(labels, len(task.heads))
-            heads = run_probe(task, cfg, items, hashes, labels, targets, masks, fold_ids, run_dir, device)
+            heads = run_probe(task, cfg, cache, hashes, labels, targets, masks, fold_ids, run_dir, device)
             for fold in folds if cfg.recipe == "finetune" else ():
-                train_fold(task, cfg, items, targets, masks, labels, fold_ids, fold, run_dir,
+                train_fold(task, cfg, cache, targets, masks, labels, fold_ids, fold, run_dir,
                            report=(lambda epoch, score, f=fold: report(f, epoch, score)) if report else None,
                            head=heads[fold] if cfg.head_init == "probe" else None)
             metrics = summarise(run_dir)
             if not metrics["folds_missing"]:
                 _, frame, probs, _ = gather_oof(run_dir)
-                write_gallery(run_dir, task, [item.eval for item in items], labels, probs, fold_ids,
+                write_gallery(run_dir, task, cache.eval, labels, probs, fold_ids,
                               metrics["rule"], *normalisation(cfg.backbone))
     except BaseException as e:
         _mark_failed(run_dir, created, e)

@@ -26,7 +26,6 @@ import torch
 from ..atomic import atomic_path
 from ..network import InputNorm, create_network, normalisation
 from .config import TrainConfig
-from .dataset import CachedImage
 
 log = logging.getLogger("train")
 C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
@@ -53,32 +52,32 @@ def frozen_backbone(cfg: TrainConfig, n_heads: int):
 
 
 @torch.inference_mode()
-def compute_features(cfg: TrainConfig, n_heads: int, items: list[CachedImage], device: torch.device) -> np.ndarray:
-    """(N, 2, D) pooled features of each image's inference view and its flip."""
+def compute_features(cfg: TrainConfig, n_heads: int, images: np.ndarray, device: torch.device) -> np.ndarray:
+    """(N, 2, D) pooled features of each (H, W, 3) uint8 inference view and its flip."""
     net = frozen_backbone(cfg, n_heads).to(device).to(memory_format=torch.channels_last)
     norm = InputNorm(*normalisation(cfg.backbone)).to(device)
     out = []
-    for start in range(0, len(items), 32):
-        batch = torch.from_numpy(np.stack([item.eval for item in items[start:start + 32]])).permute(0, 3, 1, 2)
+    for start in range(0, len(images), 32):
+        batch = torch.from_numpy(images[start:start + 32]).permute(0, 3, 1, 2)
         x = norm(batch.to(device)).contiguous(memory_format=torch.channels_last)
         views = [net.forward_head(net.forward_features(v), pre_logits=True) for v in (x, x.flip(3))]
         out.append(torch.stack(views, 1).float().cpu().numpy())
     return np.concatenate(out)
 
 
-def features_for(cfg: TrainConfig, n_heads: int, items: list[CachedImage], hashes: list[str], device: torch.device,
+def features_for(cfg: TrainConfig, n_heads: int, images: np.ndarray, hashes: list[str], device: torch.device,
                  cache: Path = CACHE) -> np.ndarray:
     """The cached features of these images for this backbone, size and weights, or computed and cached."""
     path = cache / f"{_cache_key(cfg, n_heads, hashes)}.npz"
     try:
         with np.load(path) as saved:
             features, digest = saved["features"], str(saved["digest"])
-        if _digest(features) == digest and len(features) == len(items):
+        if _digest(features) == digest and len(features) == len(images):
             return features
         log.warning("%s: cached features do not match their digest; computing them again", path)
     except (OSError, KeyError, ValueError):
         pass
-    features = compute_features(cfg, n_heads, items, device)
+    features = compute_features(cfg, n_heads, images, device)
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, features=features, digest=_digest(features))

@@ -1,0 +1,106 @@
+"""Feeding the training step: the sampler, loader workers, and augmentation on the device."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.training.augment import DeviceLoader
+from model.training.config import build_config
+from model.training.dataset import EpochSampler, ImageCache, plan_cutmix
+from model.training.engine import resolve_augment, resolve_workers
+from model.training.experiment import train
+from tests.helpers import CLA_TASK, TEST_BACKBONE, TEST_SIZE, make_cla_data
+
+TINY = dict(backbone=TEST_BACKBONE, pretrained="none", img_size=TEST_SIZE, epochs=2, batch_size=8, n_folds=2,
+            checkpoint_every=0, folds="0")
+
+
+@pytest.fixture(scope="module")
+def cla_data(tmp_path_factory):
+    return make_cla_data(tmp_path_factory.mktemp("cla"), per_class=4)
+
+
+def oof_of(tmp_path, data, name, **extra):
+    cfg = build_config(CLA_TASK, overrides={"data": str(data), "out": str(tmp_path / name),
+                                            "folds_dir": str(tmp_path / "folds"), **TINY, **extra})
+    train(CLA_TASK, cfg)
+    return pd.read_csv(tmp_path / name / "oof.csv").filter(like="p_").dropna().to_numpy()
+
+
+def test_loader_workers_do_not_change_the_result(tmp_path, cla_data):
+    """The augmentation's randomness travels with the sampler's indices, not with the worker processes."""
+    inline = oof_of(tmp_path, cla_data, "w0", workers=0, augment="cpu")
+    np.testing.assert_array_equal(oof_of(tmp_path, cla_data, "w2", workers=2, augment="cpu"), inline)
+
+
+def test_training_with_device_augmentation_runs_and_repeats(tmp_path, cla_data):
+    a = oof_of(tmp_path, cla_data, "a", augment="device")
+    np.testing.assert_array_equal(oof_of(tmp_path, cla_data, "b", augment="device"), a)
+    assert not np.allclose(a, oof_of(tmp_path, cla_data, "c", augment="cpu", workers=0))  # another pipeline
+
+
+def test_the_sampler_is_seeded_by_epoch_and_weighted_when_asked():
+    sampler = EpochSampler(10, 8, seed=1, fold=0)
+    first = list(sampler)
+    assert len(first) == 8 and len({i for _, i in first}) == 8 and len({s for s, _ in first}) == 8
+    assert list(sampler) == first
+    sampler.set_epoch(2)
+    assert list(sampler) != first
+    weighted = EpochSampler(3, 3000, seed=0, fold=0, weights=np.array([1.0, 0.0, 3.0]))
+    counts = np.bincount([i for _, i in weighted], minlength=3)
+    assert counts[1] == 0 and 2.5 < counts[2] / counts[0] < 3.5
+
+
+def cache_of(n=4, size=40):
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8)
+    boxes = [np.array([[0.2, 0.2, 0.5, 0.6]], np.float32)] * n
+    return ImageCache(train, train[:, :32, :32], boxes)
+
+
+def test_device_augmentation_without_augmenting_is_a_flip_and_a_resize():
+    cache = cache_of()
+    targets = np.eye(4, dtype=np.float32)
+    loader = DeviceLoader(cache, targets, np.ones_like(targets), EpochSampler(4, 4, 0, 0), 4, 40, strength=0.0,
+                          cutmix_p=0.0, device=torch.device("cpu"))
+    rng = np.random.default_rng(3)
+    flips = np.random.default_rng(3).random(4) < 0.5
+    images, got_targets, _ = loader.batch(rng, np.arange(4))
+    expected = torch.from_numpy(cache.train).permute(0, 3, 1, 2).float()
+    expected[torch.from_numpy(flips)] = expected[torch.from_numpy(flips)].flip(3)
+    assert torch.allclose(images, expected, atol=1e-3) and torch.equal(got_targets, torch.from_numpy(targets))
+    smaller = DeviceLoader(cache, targets, np.ones_like(targets), EpochSampler(4, 4, 0, 0), 4, 20, 0.0, 0.0,
+                           torch.device("cpu")).batch(np.random.default_rng(3), np.arange(4))[0]
+    assert smaller.shape == (4, 3, 20, 20)
+    assert torch.allclose(smaller, F.interpolate(expected, size=20, mode="bilinear", align_corners=False), atol=1e-3)
+
+
+def test_device_cutmix_pastes_the_planned_lesion_and_mixes_the_labels():
+    cache = cache_of(n=2)
+    targets = np.eye(2, dtype=np.float32)
+    loader = DeviceLoader(cache, targets, np.ones_like(targets), EpochSampler(2, 2, 0, 0), 2, 40, 0.0, 1.0,
+                          torch.device("cpu"))
+    images = loader.images[torch.tensor([0, 1])].float()
+    mixed_targets, masks = loader.targets.clone(), loader.masks.clone()
+    loader._cutmix(np.random.default_rng(7), images, np.array([0, 1]), mixed_targets, masks)
+    rng = np.random.default_rng(7)
+    rng.random()
+    j = int(rng.integers(2))
+    (y0, y1, x0, x1), (top, left), weight = plan_cutmix(cache.boxes[0], cache.boxes[j], 40, rng)
+    assert torch.equal(images[0, :, top:top + y1 - y0, left:left + x1 - x0],
+                       torch.from_numpy(cache.train[j, y0:y1, x0:x1]).permute(2, 0, 1).float())
+    assert mixed_targets[0].sum() == pytest.approx(1.0) and mixed_targets[0, j] >= weight - 1e-6
+
+
+def test_workers_and_augmentation_place_follow_the_device(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert resolve_workers(-1, gpu) == 15 and resolve_workers(-1, cpu) == 1 and resolve_workers(3, gpu) == 3
+    cfg = build_config(CLA_TASK)
+    assert resolve_augment(cfg, cache_of(), cpu) == "cpu"
+    monkeypatch.setattr("model.training.engine.fits_on_device", lambda cache, device: True)
+    assert resolve_augment(cfg, cache_of(), gpu) == "device"
+    monkeypatch.setattr("model.training.engine.fits_on_device", lambda cache, device: False)
+    assert resolve_augment(cfg, cache_of(), gpu) == "cpu"
+    assert resolve_augment(build_config(CLA_TASK, overrides={"augment": "device"}), cache_of(), cpu) == "device"
