@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -62,8 +61,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-column", choices=tuple(ID_COLUMNS),
                    help="first CSV column: the number in the file name (id) or the file name (img_name); "
                         "default: each task's own")
-    p.add_argument("--workers", type=_count(0), default=min(4, max(0, (os.cpu_count() or 1) - 1)),
-                   help="image decoding threads (default: cores - 1, at most 4)")
+    p.add_argument("--workers", type=_count(0), default=-1,
+                   help="image decoding threads (default: cores - 1, at most 16 on CUDA and 4 on CPU)")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
                    help="forward pass: auto = ONNX Runtime on CPU when installed (faster, same answers), "
                         "PyTorch otherwise and on CUDA")

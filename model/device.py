@@ -1,6 +1,7 @@
 """The device and precision in one place: CPU and CUDA take the same code path."""
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 
 import torch
@@ -10,6 +11,19 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 class DeviceError(ValueError):
     """A device or precision that this machine cannot give."""
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def decode_threads(workers: int, device: torch.device) -> int:
+    """Image decoding threads for prediction: as asked, or for -1 every core but one on CUDA (at most 16),
+    where the GPU waits on decoding, and at most 4 on CPU, where the forward pass needs the cores."""
+    if workers >= 0:
+        return workers
+    return min(16 if device.type == "cuda" else 4, max(0, cpu_cores() - 1))
 
 
 def resolve_device(name: str = "auto") -> torch.device:

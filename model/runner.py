@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .bundle import Bundle, BundleError, find_bundles, load_bundle, read_manifest
-from .device import resolve_device, resolve_precision
+from .device import decode_threads, resolve_device, resolve_precision
 from .onnx_backend import select_engine
 from .predict import auto_batch_size, list_test_images, predict_paths, write_predictions
 
@@ -31,7 +31,7 @@ class RunOptions:
     batch_size: int = 0                 # 0: auto_batch_size
     tta: object = None                  # a ttach.Compose or None
     id_mode: str | None = None          # number | filename; None: each task's own
-    workers: int = 0
+    workers: int = -1                  # decoding threads; -1: from the core count and the device
     backend: str = "auto"
     channels_last: bool = True
     progress: bool = False
@@ -67,7 +67,8 @@ def prepare(folder: Path, options: RunOptions, device: torch.device) -> Prepared
 
 
 def predict_folder(prepared: Prepared, paths: list[Path], options: RunOptions, device: torch.device):
-    return predict_paths(prepared.bundle, paths, device, prepared.precision, prepared.batch_size, options.workers,
+    return predict_paths(prepared.bundle, paths, device, prepared.precision, prepared.batch_size,
+                         decode_threads(options.workers, device),
                          options.tta, progress=options.progress, channels_last=options.channels_last,
                          engine=prepared.engine)
 

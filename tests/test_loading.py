@@ -5,11 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from model.device import decode_threads
 from model.training.augment import DeviceLoader
 from model.training.config import build_config
 from model.training.dataset import EpochSampler, ImageCache, plan_cutmix
 from model.training.engine import resolve_augment, resolve_workers
 from model.training.experiment import train
+from model.training.parallel import workers_per_job
 from tests.helpers import CLA_TASK, TEST_BACKBONE, TEST_SIZE, make_cla_data
 
 TINY = dict(backbone=TEST_BACKBONE, pretrained="none", img_size=TEST_SIZE, epochs=2, batch_size=8, n_folds=2,
@@ -97,6 +99,8 @@ def test_workers_and_augmentation_place_follow_the_device(monkeypatch):
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
     assert resolve_workers(-1, gpu) == 15 and resolve_workers(-1, cpu) == 1 and resolve_workers(3, gpu) == 3
+    assert decode_threads(-1, gpu) == 15 and decode_threads(-1, cpu) == 4 and decode_threads(2, gpu) == 2
+    assert workers_per_job(-1, 2) == 7 and workers_per_job(0, 2) == 0
     cfg = build_config(CLA_TASK)
     assert resolve_augment(cfg, cache_of(), cpu) == "cpu"
     monkeypatch.setattr("model.training.engine.fits_on_device", lambda cache, device: True)
@@ -104,3 +108,23 @@ def test_workers_and_augmentation_place_follow_the_device(monkeypatch):
     monkeypatch.setattr("model.training.engine.fits_on_device", lambda cache, device: False)
     assert resolve_augment(cfg, cache_of(), gpu) == "cpu"
     assert resolve_augment(build_config(CLA_TASK, overrides={"augment": "device"}), cache_of(), cpu) == "device"
+
+
+def test_folds_side_by_side_match_one_process(tmp_path, cla_data):
+    """--jobs 2 trains the folds in two processes into one run folder; the result is the same as one process
+    with the same number of threads per fold (the thread count changes float sums)."""
+    from model.training.cli import main
+    from model.device import cpu_cores
+    flags = ["--data", str(cla_data), "--backbone", TEST_BACKBONE, "--img-size", str(TEST_SIZE), "--epochs", "2",
+             "--batch-size", "8", "--workers", "0", "--set", "pretrained=none", "--set", "n_folds=2",
+             "--set", "checkpoint_every=0", "--set", f"folds_dir={tmp_path / 'folds'}"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, cpu_cores() // 2))
+    try:
+        assert main([*flags, "--task", CLA_TASK.source, "--out", str(tmp_path / "one")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert main([*flags, "--task", CLA_TASK.source, "--out", str(tmp_path / "two"), "--jobs", "2"]) == 0
+    one, two = (pd.read_csv(tmp_path / name / "oof.csv") for name in ("one", "two"))
+    assert two["fold"].nunique() == 2 and (tmp_path / "two" / "fold1" / "done.json").is_file()
+    np.testing.assert_allclose(two.filter(like="p_").to_numpy(), one.filter(like="p_").to_numpy(), atol=1e-6)

@@ -90,3 +90,20 @@ def test_a_value_given_on_the_command_line_is_not_searched(tmp_path):
     (trial,) = study.trials
     assert "epochs" not in trial.params and set(trial.params) == {"lr", "label_smoothing"}
     assert build_config(CLA_TASK, tmp_path / "o/best_config.yaml").epochs == 1
+
+
+def test_trials_side_by_side_share_one_journal(tmp_path, capsys):
+    """--jobs 2: two processes run one trial each on one journal study; their samplers differ and the
+    parent summarises the study with trials per hour."""
+    data = make_cla_data(tmp_path / "data", per_class=2)
+    args = ["--data", str(data), "--space", str(write_space(tmp_path)), "--trials", "2", "--jobs", "2", "--epochs", "1",
+            "--out", str(tmp_path / "o"), "--backbone", TEST_BACKBONE, "--img-size", str(TEST_SIZE), "--workers", "0",
+            "--set", "pretrained=none", "--set", "n_folds=2", "--set", f"folds_dir={tmp_path / 'folds'}"]
+    assert cli_main(["tune", "--task", "tasks/birads-cla.yaml", *args]) == 0
+    study = optuna.load_study(study_name=f"cla-{data.name}", storage=tune_storage(f"journal:{tmp_path / 'o/study.journal'}"))
+    assert len(study.trials) == 2 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert study.trials[0].params != study.trials[1].params
+    assert {t.user_attrs["run_dir"] for t in study.trials} == {str(tmp_path / "o" / f"trial-{n}") for n in (0, 1)}
+    out = capsys.readouterr().out
+    assert "[job 0]" in out and "[job 1]" in out and "trials per hour" in out
+    assert (tmp_path / "o" / "best_config.yaml").is_file()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
 
 from ..cli import guarded
-from .config import build_config, describe
 from ..task import load_task
+from .config import build_config, describe
 from .options import add_task_flags, overrides_from, task_of
 
 
@@ -23,6 +24,8 @@ def _train_parser(prog: str, default_task: Path | None) -> argparse.ArgumentPars
         "Add --debug to any command to see a traceback instead of a one-line error."))
     add_task_flags(p, default_task)
     p.add_argument("--out", help="run folder (default runs/<task>-<dataset>)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="train this many folds side by side, each in its own process (to fill a GPU; default 1)")
     p.add_argument("--show-config", action="store_true", help="print every recipe key with its value and meaning, then exit")
     return p
 
@@ -38,7 +41,10 @@ def _main(argv: list[str], default_task: Path | None, prog: str) -> int:
     if argv[:1] == ["tune"]:
         from .tune import main as tune_main
         return tune_main(argv[1:], default_task, prog)
-    args = _train_parser(prog, default_task).parse_args(argv)
+    parser = _train_parser(prog, default_task)
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
     task = task_of(args)
     cfg = build_config(task, args.config, {**overrides_from(args), "out": args.out})
     if args.show_config:
@@ -46,7 +52,9 @@ def _main(argv: list[str], default_task: Path | None, prog: str) -> int:
               end="")
         return 0
     from .experiment import train
-    metrics = train(task, cfg)
+    if args.jobs > 1:
+        train_in_jobs(task, cfg, argv, args.jobs)
+    metrics = train(task, cfg)  # after --jobs every fold is done: this gathers them
     rule = metrics["rule_report"]
     print(f"OOF {task.name} {task.metric}: {metrics['oof_default_rule']['score']:.4f} with the neutral rule -> "
           f"{metrics['oof_tuned_rule']['score']:.4f} with the rule kept ({rule['why']}); folds {metrics['folds_done']}"
@@ -57,6 +65,25 @@ def _main(argv: list[str], default_task: Path | None, prog: str) -> int:
               f"({metrics['gain_over_probe']:+.4f} for this recipe: {verdict})")
     print(f"run folder: {cfg.out}")
     return 0
+
+
+def train_in_jobs(task, cfg, argv: list[str], jobs: int) -> None:
+    """The selected folds in ``jobs`` processes into one run folder; prints folds per hour. Each job gets
+    an equal share of the cores (threads and, with workers -1, loader processes)."""
+    from ..readers import make_reader
+    from .config import selected_folds
+    from .experiment import open_run
+    from .parallel import run_jobs, split, strip_option, workers_per_job
+    cfg = dataclasses.replace(cfg)
+    cfg.dataset = cfg.dataset or make_reader(task).locate(cfg.data or task.data.get("root"))[0].name
+    run_dir, _ = open_run(task, cfg)
+    shares = split(selected_folds(cfg), jobs)
+    workers = workers_per_job(cfg.workers, len(shares))
+    base = ["--task", str(task.source), *strip_option(argv, "--jobs")]
+    seconds = run_jobs([[*base, "--out", str(run_dir), "--folds", ",".join(map(str, share)),
+                         "--set", f"workers={workers}"] for share in shares])
+    folds = sum(len(share) for share in shares)
+    print(f"{folds} folds in {len(shares)} jobs: {seconds / 60:.1f} min, {3600 * folds / seconds:.1f} folds per hour")
 
 
 def _export(argv: list[str], default_task: Path | None, prog: str) -> int:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -27,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from ..atomic import atomic_path, write_json
 from ..bundle import save_checkpoint
-from ..device import autocast, resolve_device, resolve_precision
+from ..device import autocast, cpu_cores, resolve_device, resolve_precision
 from ..network import InputNorm, create_network, normalisation
 from .config import TrainConfig
 from .augment import DeviceLoader, fits_on_device
@@ -103,7 +102,7 @@ def resolve_workers(workers: int, device: torch.device) -> int:
     where the main process needs the cores for the step itself."""
     if workers >= 0:
         return workers
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = cpu_cores()
     return min(16, cores - 1) if device.type == "cuda" else min(1, cores - 1)
 
 

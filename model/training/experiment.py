@@ -149,7 +149,7 @@ def run_probe(task, cfg: TrainConfig, cache, hashes, labels, targets, masks, fol
     from .probe import features_for, head_probs, probe_folds, probe_network
     started = time.perf_counter()
     features = features_for(cfg, len(task.heads), cache.eval, hashes, device)
-    heads = probe_folds(task, cfg, features, targets, masks, fold_ids)
+    heads = probe_folds(task, cfg, features, targets, masks, fold_ids, run_dir / "probe" / "heads.npz")
     oof = np.zeros((len(cache), len(task.heads)))
     for fold, (W, b) in heads.items():
         oof[fold_ids == fold] = head_probs(task.kind, W, b, features[fold_ids == fold])

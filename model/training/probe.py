@@ -144,12 +144,23 @@ def head_probs(kind, W: np.ndarray, b: np.ndarray, features: np.ndarray) -> np.n
 
 
 def probe_folds(task, cfg: TrainConfig, features: np.ndarray, targets: np.ndarray, masks: np.ndarray,
-                fold_ids: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """The probe's head for every fold, fitted on that fold's training images."""
+                fold_ids: np.ndarray, saved: Path | None = None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """The probe's head for every fold, fitted on that fold's training images; kept in ``saved`` and
+    read back from it when the features, labels, folds and C are the same (parallel jobs, resumed runs)."""
+    digest = hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in (features, targets, masks, fold_ids))
+                            + repr(cfg.probe_c).encode()).hexdigest()
+    if saved is not None and saved.is_file():
+        with np.load(saved) as stored:
+            if str(stored["digest"]) == digest:
+                return {int(k): (stored[f"W{k}"], stored[f"b{k}"]) for k in np.unique(fold_ids)}
     heads = {}
     for fold in np.unique(fold_ids):
         train = fold_ids != fold
         heads[int(fold)] = fit_head(task.kind.name, features[train], targets[train], masks[train], cfg.probe_c)
+    if saved is not None:
+        arrays = {f"{name}{k}": value for k, (W, b) in heads.items() for name, value in (("W", W), ("b", b))}
+        with atomic_path(saved) as tmp, open(tmp, "wb") as f:
+            np.savez(f, digest=digest, **arrays)
     return heads
 
 

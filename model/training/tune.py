@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import math
+import time
 import warnings
 from pathlib import Path
 
@@ -165,24 +166,61 @@ def study_folder(task, base: TrainConfig, study_name: str | None, out: Path | No
     return study_name, out or PROJECT / "runs" / "tune" / study_name
 
 
-def tune(task, base: TrainConfig, trials: int, timeout: float | None, storage: str | None,
-         study_name: str | None, space_file: Path, out: Path | None = None, pinned: set[str] = frozenset()) -> dict:
-    """Run ``trials`` trials of the study; keys in ``pinned`` (set on the command line) are not searched."""
-    full_space = load_space(space_file, task.kind)
-    space = {k: v for k, v in full_space.items() if k not in pinned}
+def search_space(space_file: Path, kind, pinned: set[str]) -> dict:
+    """The search space less the keys set on the command line."""
+    full_space = load_space(space_file, kind)
     if pinned & set(full_space):
         log.info("fixed on the command line, not searched: %s", ", ".join(sorted(pinned & set(full_space))))
+    return {k: v for k, v in full_space.items() if k not in pinned}
+
+
+def tune(task, base: TrainConfig, trials: int, timeout: float | None, storage: str | None,
+         study_name: str | None, space_file: Path, out: Path | None = None, pinned: set[str] = frozenset(),
+         job: int = 0) -> dict:
+    """Run ``trials`` trials of the study; keys in ``pinned`` (set on the command line) are not searched.
+    ``job`` numbers the processes that share one study (``--jobs``), so that their samplers differ."""
+    space = search_space(space_file, task.kind, pinned)
     study_name, out = study_folder(task, base, study_name, out)
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    seed = base.seed + len(_existing_trials(storage, study_name)) + 7919 * job
     study = optuna.create_study(
         study_name=study_name, storage=open_storage(storage), direction="maximize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=base.seed + len(_existing_trials(storage, study_name))),
+        sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2))
-    before = len(study.trials)
+    before, started = len(study.trials), time.perf_counter()
     study.optimize(make_objective(task, base, space, out), n_trials=trials, timeout=timeout, catch=TRIAL_ERRORS)
+    return _finish(study, task, base, space, out, storage, before, time.perf_counter() - started)
+
+
+def tune_in_jobs(task, base: TrainConfig, args: argparse.Namespace, argv: list[str], pinned: set[str]) -> dict:
+    """``args.trials`` trials in ``args.jobs`` processes on one study (a journal file by default), each
+    with its share of the trials and of the cores; then the study's summary with trials per hour."""
+    from .parallel import run_jobs, split, strip_option, workers_per_job
+    space = search_space(args.space or SPACES / f"{task.kind.name}.yaml", task.kind, pinned)
+    study_name, out = study_folder(task, base, args.study, args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    storage = args.storage or f"journal:{(out / 'study.journal').resolve()}"
+    if storage.startswith("sqlite:"):
+        log.warning("several processes on one SQLite file can fail with 'database is locked'; "
+                    "journal:FILE (the default with --jobs) is safer")
+    shares = [len(share) for share in split(list(range(args.trials)), args.jobs)]
+    workers = workers_per_job(base.workers, len(shares))
+    rest = argv
+    for option in ("--jobs", "--trials", "--storage", "--study", "--out"):
+        rest = strip_option(rest, option)
+    before = len(_existing_trials(storage, study_name))
+    seconds = run_jobs([["tune", "--task", str(task.source), *rest, "--trials", str(n), "--storage", storage,
+                         "--study", study_name, "--out", str(out), "--job-index", str(k), "--set", f"workers={workers}"]
+                        for k, n in enumerate(shares)])
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    return _finish(study, task, base, space, out, storage, before, seconds)
+
+
+def _finish(study, task, base, space, out, storage, before: int, seconds: float) -> dict:
     summary = summarise_study(study, task, base, space, out)
     summary["new_trials"] = len(study.trials) - before
+    summary["trials_per_hour"] = round(3600 * summary["new_trials"] / max(seconds, 1e-9), 1)
     summary["storage"] = storage
     write_json(out / "summary.json", summary)
     return summary
@@ -206,17 +244,26 @@ def main(argv: list[str], default_task: Path | None, prog: str) -> int:
     p.add_argument("--study", help="study name (default <task>-<dataset>)")
     p.add_argument("--space", type=Path, help="search space YAML (default: model/training/search_spaces/<kind>.yaml)")
     p.add_argument("--out", type=Path, help="study folder (default runs/tune/<study>)")
+    p.add_argument("--jobs", type=int, default=1, help="run the trials in this many processes at once, on one "
+                   "study (to fill a GPU; the storage defaults to journal:<study folder>/study.journal)")
+    p.add_argument("--job-index", type=int, default=0, help=argparse.SUPPRESS)
     p.set_defaults(folds="0")
     args = p.parse_args(argv)
+    if args.jobs < 1 or args.trials < 1:
+        p.error("--jobs and --trials must be at least 1")
     task = task_of(args)
     overrides = overrides_from(args)
     pinned = {k for k, v in overrides.items() if v is not None} - {"data", "folds"}
     base = build_config(task, args.config, overrides)
-    summary = tune(task, base, args.trials, args.timeout, args.storage, args.study,
-                   args.space or SPACES / f"{task.kind.name}.yaml", args.out, pinned)
+    if args.jobs > 1:
+        summary = tune_in_jobs(task, base, args, argv, pinned)
+    else:
+        summary = tune(task, base, args.trials, args.timeout, args.storage, args.study,
+                       args.space or SPACES / f"{task.kind.name}.yaml", args.out, pinned, args.job_index)
     print(json.dumps({k: v for k, v in summary.items() if k != "importance"}, indent=2, default=str))
     if isinstance(summary.get("importance"), dict):
         print("importance: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["importance"].items()))
+    print(f"{summary['new_trials']} trials, {summary['trials_per_hour']} trials per hour")
     if not math.isnan(summary.get("best_value", float("nan"))):
         print(f"best config: {study_folder(task, base, args.study, args.out)[1] / 'best_config.yaml'}")
     return 0
