@@ -184,6 +184,9 @@ def main() -> int:
             if naive_time:
                 line += f", {naive_time / seconds:.1f}x faster than (a)"
             print(line)
+        if len(backends) > 1:
+            ratio = best["run.py --backend torch"] / best["run.py --backend auto"]
+            print(f"the PyTorch fallback (--backend torch) takes {ratio:.2f}x the time of ONNX Runtime")
         first = tmp / f"out-{backends[0]}"
         if not args.skip_naive:
             for t in TASKS:

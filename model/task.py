@@ -151,7 +151,7 @@ def task_from_dict(raw, where: str) -> Task:
                             "like cla or . for the test folder itself")
     train = raw.get("train", {})
     if not isinstance(train, dict):
-        raise TaskFileError(f"{where}: train: expected a mapping of recipe keys (python -m train --show-config)")
+        raise TaskFileError(f"{where}: train: expected a mapping of recipe keys (python train.py --task FILE --show-config)")
     return Task(name=name, kind=kind, heads=heads, title=str(raw.get("title", name)), data=dict(data),
                 test_folder=test_folder, output=_output(raw.get("output", {}), name, kind, heads, where),
                 metric=metric, positive=positive, train=dict(train), source=where)

@@ -106,6 +106,75 @@ def resolve_workers(workers: int, device: torch.device) -> int:
     return min(16, cores - 1) if device.type == "cuda" else min(1, cores - 1)
 
 
+class Stepper:
+    """The network and everything one optimisation step touches: the step the loop runs and the
+    throughput benchmark times. ``state_dict()``/``load_state_dict()`` hold what resuming needs."""
+
+    def __init__(self, task, cfg: TrainConfig, targets: np.ndarray, masks: np.ndarray, total_steps: int,
+                 device: torch.device, head=None):
+        self.device, self.grad_clip = device, cfg.grad_clip
+        self.precision = training_precision(device, cfg.precision)
+        self.norm = InputNorm(*normalisation(cfg.backbone)).to(device)
+        # channels_last on CPU too: lite0 trains at 17 img/s instead of 9 on the 2-core dev CPU (oneDNN).
+        net = create_network(cfg.backbone, len(task.heads), cfg.pretrained, cfg.drop_rate)
+        if head is not None:
+            from .probe import set_head
+            set_head(net, *head)
+        self.net = net.to(device).to(memory_format=torch.channels_last)
+        self.step_net = torch.compile(self.net) if cfg.compile else self.net  # the same parameters, compiled kernels
+        self.ema = ModelEmaV3(self.net, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay > 0 else None
+        self.loss_fn = task.kind.make_loss(cfg, targets, masks).to(device)
+        groups = param_groups(self.net, cfg)
+        loss_params = list(self.loss_fn.parameters())  # learned task weights, when the loss has any
+        if loss_params:
+            groups.append({"params": loss_params, "weight_decay": 0.0, "lr": cfg.lr})
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+        steps_per_epoch = total_steps / max(cfg.epochs, 1)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _schedule(total_steps, round(cfg.warmup_epochs * steps_per_epoch)))
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        self.steps = 0
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """One step on a batch; returns the loss as a tensor on the device (no .item(): it would wait)."""
+        device = self.device
+        x = self.norm(images.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
+        with autocast(device, self.precision):
+            logits = self.step_net(x)
+        loss = self.loss_fn(logits.float(), targets.to(device, non_blocking=True), masks.to(device, non_blocking=True))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip)  # the task weights stay unclipped
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.steps += 1
+        if self.ema is not None:
+            self.ema.update(self.net, step=self.steps)
+        return loss.detach()
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The network that is validated and saved: the EMA when there is one."""
+        return self.ema.module if self.ema is not None else self.net
+
+    def state_dict(self) -> dict:
+        return {"model": self.net.state_dict(), "loss": self.loss_fn.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.net.load_state_dict(saved["model"])
+        self.loss_fn.load_state_dict(saved["loss"])
+        if self.ema is not None:
+            self.ema.load_state_dict(saved["ema"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+
+
 def resolve_augment(cfg: TrainConfig, cache: ImageCache, device: torch.device) -> str:
     """Where images are augmented: as asked, or for auto on a GPU that holds the cache, else on the CPU."""
     if cfg.augment != "auto":
@@ -144,25 +213,14 @@ def train_fold(task, cfg: TrainConfig, cache: ImageCache, targets: np.ndarray, m
         return done
     fold_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
-    precision = training_precision(device, cfg.precision)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
     train_idx, val_idx = np.flatnonzero(fold_ids != fold), np.flatnonzero(fold_ids == fold)
     seed_everything(cfg.seed + fold)
 
-    norm = InputNorm(*normalisation(cfg.backbone)).to(device)
-    # channels_last on CPU too: lite0 trains at 17 img/s instead of 9 on the 2-core dev CPU (oneDNN).
-    net = create_network(cfg.backbone, len(task.heads), cfg.pretrained, cfg.drop_rate)
-    if head is not None:
-        from .probe import set_head
-        set_head(net, *head)
-    net = net.to(device).to(memory_format=torch.channels_last)
-    step_net = torch.compile(net) if cfg.compile else net  # the same parameters, compiled kernels
-    ema = ModelEmaV3(net, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay > 0 else None
-    loss_fn = kind.make_loss(cfg, targets[train_idx], masks[train_idx]).to(device)
-
     batch_size = min(cfg.batch_size, len(train_idx))  # a tiny fold still gets one full step per epoch
     steps_per_epoch = len(train_idx) // batch_size
+    step = Stepper(task, cfg, targets[train_idx], masks[train_idx], cfg.epochs * steps_per_epoch, device, head)
     sampler = EpochSampler(len(train_idx), steps_per_epoch * batch_size, cfg.seed, fold,
                            kind.sample_weights(cfg, targets[train_idx]))
     loader = training_batches(cfg, cache.subset(train_idx), targets[train_idx], masks[train_idx], sampler, batch_size,
@@ -170,25 +228,12 @@ def train_fold(task, cfg: TrainConfig, cache: ImageCache, targets: np.ndarray, m
     val_loader = DataLoader(EvalDataset(cache.eval[val_idx]), batch_size=cfg.batch_size * 2)
     val_labels = labels[val_idx]
 
-    groups = param_groups(net, cfg)
-    loss_params = list(loss_fn.parameters())  # learned task weights, when the loss has any
-    if loss_params:
-        groups.append({"params": loss_params, "weight_decay": 0.0, "lr": cfg.lr})
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _schedule(cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)))
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     state = {"epoch": 0, "step": 0, "selected_score": -1.0, "selected_epoch": 0, "history": []}
     if (fold_dir / "last.pt").is_file():
         saved = torch.load(fold_dir / "last.pt", map_location=device, weights_only=True)
-        net.load_state_dict(saved["model"])
-        loss_fn.load_state_dict(saved["loss"])
-        if ema is not None:
-            ema.load_state_dict(saved["ema"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
+        step.load_state_dict(saved)
         state = saved["state"]
+        step.steps = state["step"]
         log.info("fold %d: resuming after epoch %d", fold, state["epoch"])
 
     saved_at = time.monotonic()
@@ -201,37 +246,23 @@ def train_fold(task, cfg: TrainConfig, cache: ImageCache, targets: np.ndarray, m
         # resumed run repeats an uninterrupted one exactly.
         seed_everything(epoch_seed(cfg.seed, fold, epoch))
         sampler.set_epoch(epoch)
-        net.train()
+        step.net.train()
         loss_sum = torch.zeros((), device=device)
         for images, batch_targets, batch_masks in loader:
-            x = norm(images.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
-            with autocast(device, precision):
-                logits = step_net(x)
-            loss = loss_fn(logits.float(), batch_targets.to(device, non_blocking=True),
-                           batch_masks.to(device, non_blocking=True))
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)  # the task weights stay unclipped
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            state["step"] += 1
-            if ema is not None:
-                ema.update(net, step=state["step"])
-            loss_sum += loss.detach()  # no .item() per step: it would wait for the GPU every step
+            loss_sum += step(images, batch_targets, batch_masks)
+        state["step"] = step.steps
         train_loss = loss_sum.item() / steps_per_epoch
         if not np.isfinite(train_loss):
             raise FloatingPointError(f"fold {fold}, epoch {epoch}: loss is {train_loss}; lower lr or use fp32")
-        model = ema.module if ema is not None else net
-        probs = predict_probs(model, norm, val_loader, device, precision, kind)
+        model = step.model
+        probs = predict_probs(model, step.norm, val_loader, device, step.precision, kind)
         if not np.isfinite(probs).all():
             raise FloatingPointError(f"fold {fold}, epoch {epoch}: the model diverged (non-finite validation "
                                      "probabilities); lower lr or use --set precision=fp32")
         score = validation_score(task, val_labels, probs)
         seconds = time.perf_counter() - started
         state["history"].append({"epoch": epoch, "train_loss": train_loss, "val_score": score,
-                                 "lr": max(g["lr"] for g in optimizer.param_groups), "seconds": seconds})
+                                 "lr": max(g["lr"] for g in step.optimizer.param_groups), "seconds": seconds})
         log.info("fold %d epoch %d/%d: loss %.4f, val score %.4f (%.1fs)", fold, epoch, cfg.epochs,
                  train_loss, score, seconds)
         if cfg.select_epoch == "last" and epoch == cfg.epochs or cfg.select_epoch == "best" and score > state["selected_score"]:
@@ -242,18 +273,15 @@ def train_fold(task, cfg: TrainConfig, cache: ImageCache, targets: np.ndarray, m
         state["epoch"] = epoch
         if epoch < cfg.epochs and time.monotonic() - saved_at >= cfg.checkpoint_every:
             with atomic_path(fold_dir / "last.pt") as tmp:
-                torch.save({"model": net.state_dict(), "loss": loss_fn.state_dict(),
-                            "ema": ema.state_dict() if ema is not None else None,
-                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                            "scaler": scaler.state_dict(), "state": state}, tmp)
+                torch.save({**step.state_dict(), "state": state}, tmp)
             saved_at = time.monotonic()
         write_json(fold_dir / "history.json", state["history"])
         if report is not None:
             report(epoch, score)
 
-    learned = {k: v.tolist() for k, v in loss_fn.state_dict().items() if k == "log_vars"}
+    learned = {k: v.tolist() for k, v in step.loss_fn.state_dict().items() if k == "log_vars"}
     summary = {"fold": fold, "selected_epoch": state["selected_epoch"], "score": state["selected_score"], **learned,
-               "epochs_run": state["epoch"], "n_val": int(len(val_idx)), "precision": precision,
+               "epochs_run": state["epoch"], "n_val": int(len(val_idx)), "precision": step.precision,
                "seconds_per_epoch": float(np.mean([h["seconds"] for h in state["history"]])) if state["history"] else None}
     write_json(fold_dir / "done.json", summary)
     (fold_dir / "last.pt").unlink(missing_ok=True)

@@ -107,7 +107,12 @@ def fit_head(kind_name: str, features: np.ndarray, targets: np.ndarray, masks: n
     n, views, dim = features.shape
     X = features.reshape(n * views, dim)
     images = np.repeat(np.arange(n), views)
-    mean, std = X.mean(0), X.std(0) + 1e-6
+    # A channel that barely varies on these images (a ReLU that is almost never on) is not blown up by
+    # the standardisation: its scale is floored at a tenth of the median channel's. Unfloored, an image
+    # that does light it (a test image, or an augmented one when fine-tuning from this head) gets
+    # logits in the hundreds: LP-FT's first epoch had a loss of 12 on BrEaST.
+    spread = X.std(0)
+    mean, std = X.mean(0), np.maximum(spread, 0.1 * np.median(spread) + 1e-8)
     Z = (X - mean) / std
     heads = targets.shape[1]
     W, b = np.zeros((heads, dim)), np.zeros(heads)
