@@ -1,6 +1,7 @@
 """Inference speed: run.py against (a) the naive loop and (b) the compute limit, measured in one run.
 
-    python benchmarks/infer.py [--images 120] [--folds 5] [--size 224] [--device cpu]
+    python benchmarks/infer.py                 # quick: 2 x 24 images, about 2 minutes on 2 CPU cores
+    python benchmarks/infer.py --images 120    # steadier figures, about 10 minutes there
 
 A generated test folder (mixed png/jpg, 500-1200 px) per task and random-init bundles in the real
 format (tf_efficientnet_lite0, --folds per task, hflip TTA) are timed three ways:
@@ -134,7 +135,7 @@ def time_run_py(weights: Path, test_dir: Path, out: Path, args, backend: str) ->
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=120, help="images per task")
+    p.add_argument("--images", type=int, default=24, help="images per task (default 24: a quick run)")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--backbone", default="tf_efficientnet_lite0")
@@ -151,11 +152,13 @@ def main() -> int:
         make_folder(tmp / "test", args.images)
         make_weights(tmp / "weights", args.folds, args.size, args.backbone)
         print(f"{n} images ({args.images} per task), {args.folds} folds x 2 tasks of {args.backbone} at {args.size}px, "
-              f"hflip TTA, device {device}, {torch.get_num_threads()} threads, best of {args.repeats}")
+              f"hflip TTA, device {device}, {torch.get_num_threads()} threads, best of {args.repeats}", flush=True)
         backends = ("auto", "torch") if device.type == "cpu" else ("torch",)
         if device.type == "cpu":  # the ONNX graph is exported once and cached, as on a second organiser run
             time_run_py(tmp / "weights", tmp / "test", tmp / "warm", args, "auto")
-        for _ in range(args.repeats):
+        for repeat in range(args.repeats):
+            print(f"  repeat {repeat + 1}/{args.repeats}: run.py, compute limit{'' if args.skip_naive else ', naive loop'}",
+                  flush=True)
             for backend in backends:
                 seconds = time_run_py(tmp / "weights", tmp / "test", tmp / f"out-{backend}", args, backend)
                 best[f"run.py --backend {backend}"] = min(best.get(f"run.py --backend {backend}", 1e9), seconds)
