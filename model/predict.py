@@ -139,6 +139,13 @@ def decoded_batches(paths: list[Path], size: int, batch_size: int, threads: int)
         yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2), list(errors)
 
 
+def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A decoded batch on the device; to a GPU through pinned memory, without waiting for the copy."""
+    if device.type != "cuda":
+        return images.to(device)
+    return images.pin_memory().to(device, non_blocking=True)
+
+
 @dataclass
 class Prediction:
     probs: np.ndarray           # (N, heads), averaged over TTA views and folds
@@ -187,17 +194,17 @@ def predict_paths(bundle: Bundle, paths: list[Path], device: torch.device, preci
     try:
         with torch.inference_mode(), tqdm(total=len(paths), desc=bundle.name, unit="img",
                                           disable=not progress, leave=False) as bar:
-            batches = ((images.to(device).contiguous(memory_format=engine.input_format), errors)
+            batches = ((to_device(images, device).contiguous(memory_format=engine.input_format), errors)
                        for images, errors in decoded_batches(paths, bundle.img_size, batch_size, workers))
             done = 0
             for batch, errors in forward_batches(engine, batches, tta, device, precision):
                 failed.update({index: error for index, error in enumerate(errors, done) if error})
-                probs.append(batch.float().cpu().numpy())
+                probs.append(batch.float())  # left on the device: a copy back per batch would wait for the GPU
                 done += len(errors)
                 bar.update(len(errors))
     finally:
         cv2.setNumThreads(cv2_threads)
-    out = np.concatenate(probs) if probs else np.zeros((0, len(bundle.task.heads)))
+    out = torch.cat(probs).cpu().numpy() if probs else np.zeros((0, len(bundle.task.heads)))
     for index in failed:
         out[index] = bundle.prior
     return Prediction(out.astype(np.float64), failed)
