@@ -14,10 +14,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import ReadResult, Reader, Sample, list_images, log, parse_box, relative_key, unexpected_folders
+from .base import ReadResult, Sample, list_images, log, parse_box, relative_key, unexpected_folders
+from .class_folders import ClassFolders
 
 
-class YoloFolders(Reader):
+class YoloFolders(ClassFolders):
+    """Class folders as ``class-folders`` reads them, each holding images/ and YOLO labels/."""
+
     name = "yolo-folders"
     kinds = ("single-label",)
     options = {"subfolder": "", "class_folders": None, "class_ids": None, "images": "images", "labels": "labels"}
@@ -33,15 +36,8 @@ class YoloFolders(Reader):
             raise ValueError("class_ids: expected whole numbers, as the label files write them")
 
     @property
-    def folders(self) -> list[str]:
-        return [str(f) for f in (self.opts["class_folders"] or self.task.heads)]
-
-    @property
     def ids(self) -> list[int]:
         return self.opts["class_ids"] or list(range(len(self.task.heads)))
-
-    def looks_like(self, folder: Path) -> bool:
-        return folder.is_dir() and any((folder / name).is_dir() for name in self.folders)
 
     def read(self, layout: Path, root: Path) -> ReadResult:
         result = ReadResult([])
