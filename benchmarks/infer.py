@@ -7,7 +7,8 @@ A generated test folder (mixed png/jpg, 500-1200 px) per task and random-init bu
 format (tf_efficientnet_lite0, --folds per task, hflip TTA) are timed three ways:
 
   run.py  the shipped path (run.main in this process, bundle loading included), with its default backend
-          (ONNX Runtime on CPU, graph cached as after a first run) and with --backend torch
+          (ONNX Runtime on CPU; the bundles record their graph's hash, as exported bundles do, so the
+          graph cached by a first run is trusted) and with --backend torch
   (a)     what most entries do: per image, PIL decode, then ttach.ClassificationTTAWrapper around each
           fold model, one forward per view
   (b)     the compute limit: the same engine's batched forward, run as run.py runs it (ONNX Runtime:
@@ -40,7 +41,7 @@ from model.bundle import export_bundle, load_bundle, make_tta  # noqa: E402
 from model.device import resolve_precision  # noqa: E402
 from model.images import load_rgb, prepare  # noqa: E402
 from model.network import create_network, normalisation  # noqa: E402
-from model.onnx_backend import select_engine  # noqa: E402
+from model.onnx_backend import record_graph, select_engine  # noqa: E402
 from model.predict import forward_batches, list_test_images  # noqa: E402
 from model.synthetic import fake_ultrasound, save_image  # noqa: E402
 from model.task import load_task  # noqa: E402
@@ -69,8 +70,9 @@ def make_weights(root: Path, folds: int, size: int, backbone: str) -> None:
                                 "mean": mean, "std": std, "fold": fold, "epoch": 0, "score": 0.0,
                                 "state_dict": net.state_dict()})
         prior = [1 / len(task.heads)] * len(task.heads)
-        export_bundle(root / name, checkpoints, {"task": task.to_dict(), "decision": task.neutral_rule(),
-                                                 "prior": prior, "cv": {}})
+        folder = export_bundle(root / name, checkpoints, {"task": task.to_dict(), "decision": task.neutral_rule(),
+                                                          "prior": prior, "cv": {}})
+        record_graph(folder)  # as train.py export does: run.py then trusts the cached graph by its hash
 
 
 def naive(weights: Path, test_dir: Path, device: torch.device) -> dict[str, np.ndarray]:
