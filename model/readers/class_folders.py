@@ -31,14 +31,23 @@ class ClassFolders(Reader):
     def looks_like(self, folder: Path) -> bool:
         return folder.is_dir() and any((folder / name).is_dir() for name in self.folders)
 
-    def read(self, layout: Path, root: Path) -> ReadResult:
-        result = ReadResult([])
+    def class_folders(self, layout: Path, result: ReadResult):
+        """(class id, folder) of each class folder there is; a folder that is not a class's is a problem,
+        and a missing one goes to ``missing``."""
         unexpected_folders(layout, self.folders, "class folders", result.problems)
         for label, name in enumerate(self.folders):
             folder = layout / name
-            if not folder.is_dir():
-                result.problems.append(f"{folder}: class folder missing; class {self.task.heads[label]} needs images")
-                continue
+            if folder.is_dir():
+                yield label, folder
+            else:
+                self.missing(folder, label, result)
+
+    def missing(self, folder: Path, label: int, result: ReadResult) -> None:
+        result.problems.append(f"{folder}: class folder missing; class {self.task.heads[label]} needs images")
+
+    def read(self, layout: Path, root: Path) -> ReadResult:
+        result = ReadResult([])
+        for label, folder in self.class_folders(layout, result):
             found = 0
             for path in sorted(folder.iterdir()):
                 if path.name.startswith("."):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import ReadResult, Sample, list_images, log, parse_box, relative_key, unexpected_folders
+from .base import ReadResult, Sample, list_images, log, parse_box, relative_key
 from .class_folders import ClassFolders
 
 
@@ -39,14 +39,13 @@ class YoloFolders(ClassFolders):
     def ids(self) -> list[int]:
         return self.opts["class_ids"] or list(range(len(self.task.heads)))
 
+    def missing(self, folder: Path, label: int, result: ReadResult) -> None:
+        log.warning("%s: class folder missing; class %s has no training images", folder, self.task.heads[label])
+
     def read(self, layout: Path, root: Path) -> ReadResult:
         result = ReadResult([])
-        unexpected_folders(layout, self.folders, "class folders", result.problems)
-        for label, name in enumerate(self.folders):
-            folder = layout / name
-            if not folder.is_dir():
-                log.warning("%s: class folder missing; class %s has no training images", folder, self.task.heads[label])
-                continue
+        for label, folder in self.class_folders(layout, result):
+            name = folder.name
             images_dir, labels_dir = folder / self.opts["images"], folder / self.opts["labels"]
             images = list_images(images_dir, result.problems) if images_dir.is_dir() else {}
             labels = {p.stem: p for p in sorted(labels_dir.glob("*.txt"))} if labels_dir.is_dir() else {}
