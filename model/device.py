@@ -18,12 +18,17 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def decode_threads(workers: int, device: torch.device) -> int:
-    """Image decoding threads for prediction: as asked, or for -1 every core but one on CUDA (at most 16),
-    where the GPU waits on decoding, and at most 4 on CPU, where the forward pass needs the cores."""
+def spare_cores(workers: int, device: torch.device, most_on_cpu: int) -> int:
+    """Helper threads or processes: as asked, or for -1 every core but one, at most 16 on CUDA (where the
+    GPU waits on them) and at most ``most_on_cpu`` on CPU (where the model itself needs the cores)."""
     if workers >= 0:
         return workers
-    return min(16 if device.type == "cuda" else 4, max(0, cpu_cores() - 1))
+    return max(0, min(16 if device.type == "cuda" else most_on_cpu, cpu_cores() - 1))
+
+
+def decode_threads(workers: int, device: torch.device) -> int:
+    """Image decoding threads for prediction: at most 4 on CPU."""
+    return spare_cores(workers, device, most_on_cpu=4)
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -128,3 +128,13 @@ def test_folds_side_by_side_match_one_process(tmp_path, cla_data):
     one, two = (pd.read_csv(tmp_path / name / "oof.csv") for name in ("one", "two"))
     assert two["fold"].nunique() == 2 and (tmp_path / "two" / "fold1" / "done.json").is_file()
     np.testing.assert_allclose(two.filter(like="p_").to_numpy(), one.filter(like="p_").to_numpy(), atol=1e-6)
+
+
+def test_side_by_side_jobs_report_user_errors_as_messages(tmp_path, capsys):
+    """No data, or a job that fails, is a one-line error with exit 2, not a traceback."""
+    from model.training.cli import main
+    from model.training.parallel import run_jobs
+    assert main(["--task", CLA_TASK.source, "--jobs", "2"]) == 2
+    assert "no training data given" in capsys.readouterr().err
+    with pytest.raises(OSError, match=r"job\(s\) \[0\] failed \(exit codes \[2\]\)"):
+        run_jobs([["--task", CLA_TASK.source, "--data", str(tmp_path / "absent")]])

@@ -39,11 +39,15 @@ def make_reader(task) -> Reader:
     return READERS[task.data["reader"]](task)
 
 
-def read_dataset(task, data: str | Path | None = None) -> tuple[Path, ReadResult]:
-    """(dataset root, what the task's reader found) for ``data`` (default: the task file's data.root)."""
+def locate_dataset(task, data: str | Path | None = None) -> tuple[Path, Path]:
+    """(dataset root, the folder the reader reads) for ``data`` (default: the task file's data.root)."""
     data = data or task.data.get("root")
     if not data:
         raise ValueError("no training data given: pass --data DIR, or set data: root: in the task file")
-    reader = make_reader(task)
-    root, layout = reader.locate(data)
-    return root, reader.read(layout, root)
+    return make_reader(task).locate(data)
+
+
+def read_dataset(task, data: str | Path | None = None) -> tuple[Path, ReadResult]:
+    """(dataset root, what the task's reader found) for ``data`` (default: the task file's data.root)."""
+    root, layout = locate_dataset(task, data)
+    return root, make_reader(task).read(layout, root)

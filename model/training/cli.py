@@ -70,12 +70,12 @@ def _main(argv: list[str], default_task: Path | None, prog: str) -> int:
 def train_in_jobs(task, cfg, argv: list[str], jobs: int) -> None:
     """The selected folds in ``jobs`` processes into one run folder; prints folds per hour. Each job gets
     an equal share of the cores (threads and, with workers -1, loader processes)."""
-    from ..readers import make_reader
+    from ..readers import locate_dataset
     from .config import selected_folds
     from .experiment import open_run
     from .parallel import run_jobs, split, strip_option, workers_per_job
     cfg = dataclasses.replace(cfg)
-    cfg.dataset = cfg.dataset or make_reader(task).locate(cfg.data or task.data.get("root"))[0].name
+    cfg.dataset = cfg.dataset or locate_dataset(task, cfg.data)[0].name
     run_dir, _ = open_run(task, cfg)
     shares = split(selected_folds(cfg), jobs)
     workers = workers_per_job(cfg.workers, len(shares))

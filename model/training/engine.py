@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from ..atomic import atomic_path, write_json
 from ..bundle import save_checkpoint
-from ..device import autocast, cpu_cores, resolve_device, resolve_precision
+from ..device import autocast, resolve_device, resolve_precision, spare_cores
 from ..network import InputNorm, create_network, normalisation
 from .config import TrainConfig
 from .augment import DeviceLoader, fits_on_device
@@ -98,12 +98,8 @@ def validation_score(task, labels: np.ndarray, probs: np.ndarray) -> float:
 
 
 def resolve_workers(workers: int, device: torch.device) -> int:
-    """Loader processes: as asked, or for -1 every core but one on CUDA (at most 16) and one on CPU,
-    where the main process needs the cores for the step itself."""
-    if workers >= 0:
-        return workers
-    cores = cpu_cores()
-    return min(16, cores - 1) if device.type == "cuda" else min(1, cores - 1)
+    """Loader processes: at most one on CPU, where the main process needs the cores for the step itself."""
+    return spare_cores(workers, device, most_on_cpu=1)
 
 
 class Stepper:

@@ -58,7 +58,7 @@ def run_jobs(argvs: list[list[str]]) -> float:
         relay.join()
     failed = [k for k, code in enumerate(codes) if code != 0]
     if failed:
-        raise RuntimeError(f"job(s) {failed} failed (exit codes {[codes[k] for k in failed]}); see their output above. "
+        raise ChildProcessError(f"job(s) {failed} failed (exit codes {[codes[k] for k in failed]}); see their output above. "
                            "Rerun the same command to resume.")
     return time.perf_counter() - started
 

@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from ..atomic import write_json, write_text
-from ..readers import make_reader
+from ..readers import locate_dataset
 from .config import RUNTIME_KEYS, TrainConfig, applicable, build_config, check_key, selected_folds
 from .options import PROJECT, add_task_flags, overrides_from, task_of
 
@@ -159,9 +159,7 @@ def summarise_study(study: optuna.Study, task, base: TrainConfig, space: dict, o
 
 def study_folder(task, base: TrainConfig, study_name: str | None, out: Path | None) -> tuple[str, Path]:
     """(study name, study folder): default <task>-<dataset> under runs/tune/."""
-    if not base.dataset:
-        root, _ = make_reader(task).locate(base.data or task.data.get("root") or ".")
-        base.dataset = root.name
+    base.dataset = base.dataset or locate_dataset(task, base.data)[0].name
     study_name = study_name or f"{task.name}-{base.dataset}"
     return study_name, out or PROJECT / "runs" / "tune" / study_name
 
