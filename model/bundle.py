@@ -25,13 +25,18 @@ import ttach
 from torch import nn
 
 from .atomic import atomic_path, public_mode, write_json
-from .network import InputNorm, create_network
+from .network import CLASSIFIER, InputNorm, create_network
 from .task import Task, TaskFileError, load_task, task_from_dict
 
 CHECKPOINT_FORMAT = "birads-checkpoint/1"
-BUNDLE_FORMAT = "harness-bundle/2"
+BUNDLE_FORMAT = "harness-bundle/3"
+V2_FORMAT = "harness-bundle/2"
 V1_FORMAT = "birads-bundle/1"
+# What a bundle's checkpoint keeps: what rebuilds and describes the network, never the run's config.
+CHECKPOINT_KEYS = ("task", "architecture", "outputs", "backbone", "heads", "img_size", "mean", "std", "fold",
+                   "epoch", "score")
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 1 << 20    # a real manifest is a few kB; anything near this is not one
 PROJECT = Path(__file__).resolve().parents[1]
 WEIGHTS_DIR = PROJECT / "model" / "weights"
 
@@ -78,7 +83,8 @@ def load_checkpoint(path: str | Path) -> dict:
 def network_from_checkpoint(ckpt: dict) -> nn.Module:
     # Built on the meta device: no time spent on a random initialisation the weights replace anyway.
     with torch.device("meta"):
-        net = create_network(ckpt["backbone"], len(ckpt["heads"]), pretrained="none")
+        net = create_network(ckpt["backbone"], int(ckpt.get("outputs", len(ckpt["heads"]))), pretrained="none",
+                             architecture=ckpt.get("architecture", CLASSIFIER))
     state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
     net.load_state_dict(state, strict=True, assign=True)
     return net.eval()
@@ -109,8 +115,19 @@ class FoldEnsemble(nn.Module):
         """Probabilities averaged over TTA views and folds; all views go through in one batch."""
         if tta is None:
             return self(images)
-        views = torch.cat([t.augment_image(images) for t in tta])
-        return self(views).view(len(tta), images.shape[0], -1).mean(0)
+        return merge_views(self.kind, tta, self(tta_views(images, tta)), len(images))
+
+
+def tta_views(images: torch.Tensor, tta: ttach.Compose) -> torch.Tensor:
+    """Every TTA view of a batch, view after view, as one batch."""
+    return torch.cat([t.augment_image(images) for t in tta])
+
+
+def merge_views(kind, tta: ttach.Compose, outputs: torch.Tensor, n: int) -> torch.Tensor:
+    """The mean over TTA views of each image's outputs, every view first turned back to the original
+    frame by the kind (a flipped mask is flipped back; a class probability stays as it is)."""
+    views = outputs.view(len(tta), n, *outputs.shape[1:])
+    return torch.stack([kind.deaugment(t, view) for t, view in zip(tta, views)]).mean(0)
 
 
 def make_tta(names: str) -> ttach.Compose | None:
@@ -141,7 +158,11 @@ class Bundle:
                 raise BundleError(f"{self.folder / entry['file']}: made for {ckpt.get('img_size')} px and "
                                   f"{len(ckpt.get('heads', ()))} outputs, but the manifest says {self.img_size} px "
                                   f"and {len(self.task.heads)}; re-export the bundle")
-            nets.append(network_from_checkpoint(ckpt))
+            try:
+                nets.append(network_from_checkpoint(ckpt))
+            except (RuntimeError, KeyError, ValueError) as e:
+                raise BundleError(f"{self.folder / entry['file']}: its weights do not fit the network the manifest "
+                                  f"describes ({str(e).splitlines()[0]}); re-export the bundle") from e
         network = self.manifest["network"]
         ensemble = FoldEnsemble(nets, network["mean"], network["std"], self.task.kind)
         return ensemble.to(self.device).eval()
@@ -153,6 +174,17 @@ class Bundle:
     @property
     def img_size(self) -> int:
         return int(self.manifest["network"]["input_size"])
+
+    @property
+    def crop_border(self) -> bool:
+        """Whether inputs are cropped to the content inside a dark frame before the resize."""
+        return bool(self.manifest["network"]["crop_border"])
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """One image's output, from the manifest's outputs block: (channels,) or (channels, H, W)."""
+        block = self.manifest["network"]["outputs"]
+        return (int(block["channels"]), *map(int, block["spatial_shape"]))
 
     @property
     def rule(self) -> dict:
@@ -172,11 +204,20 @@ def read_manifest(folder: str | Path) -> dict:
         raise BundleError(f"{path}: no bundle here. Train and export one (python train.py export RUN_DIR) "
                           "or restore model/weights from git.")
     try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{path}: {path.stat().st_size} bytes, more than a manifest holds "
+                              f"({MAX_MANIFEST_BYTES}); re-export the bundle")
         manifest = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except OSError as e:
+        raise BundleError(f"{path}: cannot read the manifest ({e.strerror or e}); check its permissions") from e
+    except RecursionError as e:
+        raise BundleError(f"{path}: nested too deeply to be a manifest; re-export the bundle") from e
+    except ValueError as e:  # bad UTF-8, bad JSON, an integer of thousands of digits
         raise BundleError(f"{path}: not valid UTF-8 JSON ({e}); re-export the bundle") from e
     if isinstance(manifest, dict) and manifest.get("format") == V1_FORMAT:
         manifest = _upgrade_v1(manifest, path)
+    if isinstance(manifest, dict) and manifest.get("format") == V2_FORMAT:
+        manifest = _upgrade_v2(manifest, path)
     return validate_manifest(manifest, folder)
 
 
@@ -190,11 +231,27 @@ def _upgrade_v1(old: dict, path: Path) -> dict:
                           "re-export the bundle from its run folder (python train.py export RUN_DIR)")
     try:
         network = {"backbone": old["backbone"], "input_size": old["img_size"], "mean": old["mean"], "std": old["std"]}
-        return {"format": BUNDLE_FORMAT, "task": load_task(task_file).to_dict(), "network": network,
+        return {"format": V2_FORMAT, "task": load_task(task_file).to_dict(), "network": network,
                 **{k: old[k] for k in ("decision", "prior", "folds")},
                 **{k: old[k] for k in ("cv", "trained_on") if k in old}, "upgraded_from": V1_FORMAT}
     except KeyError as e:
         raise BundleError(f"{path}: {V1_FORMAT} manifest without {e}; re-export the bundle") from e
+
+
+def _upgrade_v2(old: dict, path: Path) -> dict:
+    """A harness-bundle/2 manifest (classification only, before the network said what it outputs) as a
+    harness-bundle/3 one: a classifier with one output per head, on the frame-cropped input."""
+    network = old.get("network")
+    try:
+        task = task_from_dict(old.get("task"), f"{path}: task")
+    except TaskFileError as e:
+        raise BundleError(f"{e}; re-export the bundle") from e
+    if not isinstance(network, dict):
+        return old
+    size = network.get("input_size")
+    return {**old, "format": BUNDLE_FORMAT, "upgraded_from": old.get("upgraded_from", V2_FORMAT),
+            "network": {**network, "architecture": CLASSIFIER, "crop_border": True,
+                        "outputs": task.kind.output_block(task, size)}}
 
 
 def validate_manifest(manifest, folder: Path) -> dict:
@@ -223,9 +280,17 @@ def validate_manifest(manifest, folder: Path) -> dict:
         values = network.get(key)
         if not _numbers(values, 3) or (key == "std" and min(values) <= 0):
             fail(f"network.{key} {values!r} is not three numbers")
+    if not isinstance(network.get("architecture"), str) or not isinstance(network.get("crop_border"), bool):
+        fail("network.architecture or network.crop_border missing")
+    outputs = network.get("outputs")
+    expected = task.kind.output_block(task, size)
+    if not isinstance(outputs, dict) or any(outputs.get(k) != expected[k] for k in ("type", "channels", "spatial_shape")):
+        fail(f"network.outputs {outputs!r} does not describe what a {task.kind.name} task's network emits "
+             f"({ {k: expected[k] for k in ('type', 'channels', 'spatial_shape')} })")
     rule = manifest.get("decision")
-    if not isinstance(rule, dict) or set(rule) != {task.kind.rule_key} or not _numbers(rule[task.kind.rule_key], n):
-        fail(f"decision {rule!r} is not {{{task.kind.rule_key!r}: {n} numbers}} for a {task.kind.name} task")
+    if not task.kind.check_rule(rule, n):
+        shape = ", ".join(f"{k!r}: {len(v)} numbers" for k, v in task.kind.neutral_rule(n).items())
+        fail(f"decision {rule!r} is not {{{shape}}} for a {task.kind.name} task")
     prior = manifest.get("prior")
     if not _numbers(prior, n) or min(prior) < 0 or max(prior) > 1:
         fail(f"prior {prior!r} is not {n} probabilities")
@@ -308,7 +373,8 @@ def export_bundle(folder: str | Path, checkpoints: list[dict], manifest: dict, r
     """
     folder = Path(folder)
     if folder.exists() and not replace:
-        raise BundleError(f"{folder} already holds a bundle; pass --force to replace it (the old one is kept "
+        what = "already holds a bundle" if (folder / MANIFEST).is_file() else "already exists (it holds no bundle)"
+        raise BundleError(f"{folder} {what}; pass --force to replace it (the old one is kept "
                           f"in {backups or 'a backup folder'}), or choose another --out")
     folder.parent.mkdir(parents=True, exist_ok=True)
     first = checkpoints[0]
@@ -317,12 +383,14 @@ def export_bundle(folder: str | Path, checkpoints: list[dict], manifest: dict, r
         entries = []
         for ckpt in checkpoints:
             name = f"fold{ckpt['fold']}.pt"
-            meta = {k: v for k, v in ckpt.items() if k not in ("format", "state_dict")}
+            meta = {k: ckpt[k] for k in CHECKPOINT_KEYS if k in ckpt}
             save_checkpoint(staging / name, network_from_checkpoint(ckpt), meta, half=True)
             entries.append({"file": name, "fold": ckpt["fold"], "score": ckpt.get("score"),
                             "sha256": sha256(staging / name)})
-        network = {"backbone": first["backbone"], "input_size": first["img_size"], "mean": first["mean"],
-                   "std": first["std"]}
+        task = task_from_dict(manifest["task"], f"{folder}: task")
+        network = {"backbone": first["backbone"], "architecture": first.get("architecture", CLASSIFIER),
+                   "input_size": first["img_size"], "mean": first["mean"], "std": first["std"],
+                   "crop_border": task.kind.crop_border, "outputs": task.kind.output_block(task, first["img_size"])}
         write_json(staging / MANIFEST, {"format": BUNDLE_FORMAT, **manifest, "network": network, "folds": entries})
         os.chmod(staging, public_mode(directory=True))  # mkdtemp makes 0700; a bundle is read by other users too
         if folder.exists():

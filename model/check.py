@@ -120,15 +120,23 @@ def describe_bundle(bundle, report: CheckReport) -> None:
         report.warnings.append(f"{name}: {'; '.join(thin)}: treat its CV as a rough guide")
 
 
-def validate_csv(path: Path, task, images) -> list[str]:
-    """The CSV has the task's header, one row per image in id order, and only allowed values."""
+def read_output_csv(path: Path, task) -> tuple[list[list[str]] | None, list[str]]:
+    """(the rows of an output CSV, problems): it exists and has the task's header."""
     if not path.is_file():
-        return [f"{path}: not written"]
+        return None, [f"{path}: not written"]
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     expected = [task.output.id_header, *task.output.columns]
     if not rows or rows[0] != expected:
-        return [f"{path}: header {rows[0] if rows else []}, expected {expected}"]
+        return None, [f"{path}: header {rows[0] if rows else []}, expected {expected}"]
+    return rows, []
+
+
+def validate_csv(path: Path, task, images) -> list[str]:
+    """The CSV has the task's header, one row per image in id order, and only allowed values."""
+    rows, problems = read_output_csv(path, task)
+    if rows is None:
+        return problems
     ids = [str(image.id if task.output.id == "number" else image.name) for image in images]
     problems = []
     if [r[0] for r in rows[1:]] != ids:
@@ -181,7 +189,8 @@ def check_submission(project: Path, options: RunOptions, n_images: int = 1700, d
             report.problems.append("the dry run of run.py did not write every CSV; see the messages above")
         for bundle in bundles:
             listing = list_test_images(tmp / "test" / bundle.task.test_folder, bundle.task.output.id)
-            report.problems += validate_csv(tmp / "out" / bundle.task.output.file, bundle.task, listing.images)
+            report.problems += bundle.task.kind.validate_output(tmp / "out" / bundle.task.output.file, bundle.task,
+                                                               listing.images)
         if report.problems:
             return report
         per_image, count = time_per_image(dry, outcome.device, bundles), sum(r.images for r in outcome.results)

@@ -19,49 +19,42 @@ from __future__ import annotations
 import numpy as np
 
 MIN_IMAGES = 60
-CHECK_SPLITS = 5
 PASSES = 3
 CONFIDENCE = 0.8
 DRAWS = 200
 
 
-def _ascent(task, probs: np.ndarray, labels: np.ndarray) -> list[float]:
+def _ascent(task, probs: np.ndarray, labels) -> dict:
+    """Coordinate ascent over every value of the rule (each key's grid, per head), from the neutral rule;
+    candidates nearest the neutral value first, so ties keep it."""
     kind = task.kind
-    values = np.full(probs.shape[1], kind.neutral_value, dtype=np.float64)
+    neutral = kind.neutral_rule(len(task.heads))
+    rule = {key: list(map(float, values)) for key, values in neutral.items()}
 
-    def score(v):
-        return kind.scores(task, labels, kind.decide(probs, {kind.rule_key: v}))["score"]
+    def score(r):
+        return kind.scores(task, labels, kind.decide(probs, r))["score"]
 
-    best = score(values)
-    candidates = sorted(kind.rule_grid, key=lambda v: abs(v - kind.neutral_value))
+    best = score(rule)
     for _ in range(PASSES):
         moved = False
-        for head in range(len(values)):
-            for value in candidates:
-                trial = values.copy()
-                trial[head] = value
-                s = score(trial)
-                if s > best + 1e-9:
-                    best, values, moved = s, trial, True
+        for key, grid in kind.rule_grid.items():
+            candidates = sorted(grid, key=lambda v: abs(v - neutral[key][0]))
+            for head in range(len(rule[key])):
+                for value in candidates:
+                    trial = {**rule, key: [*rule[key][:head], float(value), *rule[key][head + 1:]]}
+                    s = score(trial)
+                    if s > best + 1e-9:
+                        best, rule, moved = s, trial, True
         if not moved:
             break
-    return [float(v) for v in values]
+    return rule
 
 
-def _check_splits(labels: np.ndarray, seed: int):
-    """Stratified by the label when there is one column with enough of each value, else plain k-fold."""
-    from sklearn.model_selection import KFold, StratifiedKFold
-    columns = labels.reshape(len(labels), -1)
-    if columns.shape[1] == 1 and np.unique(columns, return_counts=True)[1].min() >= CHECK_SPLITS:
-        return StratifiedKFold(CHECK_SPLITS, shuffle=True, random_state=seed).split(columns, columns[:, 0])
-    return KFold(CHECK_SPLITS, shuffle=True, random_state=seed).split(columns)
-
-
-def tune_rule(task, probs: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[dict, dict]:
+def tune_rule(task, probs: np.ndarray, labels, seed: int = 0) -> tuple[dict, dict]:
     """(rule for the bundle manifest, report for metrics.json) for OOF ``probs`` and ``labels``."""
     kind = task.kind
-    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
-    neutral = kind.neutral_rule(probs.shape[1])
+    probs = np.asarray(probs, dtype=kind.prob_dtype)
+    neutral = kind.neutral_rule(len(task.heads))
     neutral_score = kind.scores(task, labels, kind.decide(probs, neutral), probs)["score"]
     report = {"n": int(len(probs)), "neutral_score": neutral_score}
     if task.metric == "auc":
@@ -69,14 +62,13 @@ def tune_rule(task, probs: np.ndarray, labels: np.ndarray, seed: int = 0) -> tup
     if len(probs) < MIN_IMAGES:
         return neutral, {**report, "adopted": False,
                          "why": f"only {len(probs)} out-of-fold images; a rule is tuned from {MIN_IMAGES} on"}
-    tuned = {kind.rule_key: _ascent(task, probs, labels)}
+    tuned = _ascent(task, probs, labels)
     report["in_sample_score"] = kind.scores(task, labels, kind.decide(probs, tuned))["score"]
     held_out = np.empty_like(kind.decide(probs, neutral))
-    for fit, check in _check_splits(labels, seed):
-        rule = {kind.rule_key: _ascent(task, probs[fit], labels[fit])}
-        held_out[check] = kind.decide(probs[check], rule)
+    for fit, check in kind.rule_splits(labels, seed):
+        held_out[check] = kind.decide(probs[check], _ascent(task, probs[fit], labels[fit]))
     report["held_out_score"] = kind.scores(task, labels, held_out)["score"]
-    report["confidence"] = _confidence(task, labels, held_out, kind.decide(probs, neutral), seed)
+    report["confidence"] = kind.bootstrap_wins(task, labels, held_out, kind.decide(probs, neutral), seed, DRAWS)
     gain = report["held_out_score"] - neutral_score
     held = f"tuned on 4/5 of the OOF images, the rule {'gained' if gain > 0 else 'lost'} {abs(gain):.4f} on the " \
            f"other fifth, and won in {report['confidence']:.0%} of bootstrap resamples"
@@ -85,14 +77,3 @@ def tune_rule(task, probs: np.ndarray, labels: np.ndarray, seed: int = 0) -> tup
     if gain <= 0 or report["confidence"] < CONFIDENCE:
         return neutral, {**report, "adopted": False, "why": f"{held} (below {CONFIDENCE:.0%})"}
     return tuned, {**report, "adopted": True, "why": held}
-
-
-def _confidence(task, labels: np.ndarray, chosen: np.ndarray, neutral: np.ndarray, seed: int) -> float:
-    """The share of bootstrap resamples of the images on which ``chosen`` decisions outscore ``neutral``."""
-    rng = np.random.default_rng(seed)
-    wins = 0
-    for _ in range(DRAWS):
-        idx = rng.integers(0, len(labels), len(labels))
-        wins += (task.kind.scores(task, labels[idx], chosen[idx])["score"]
-                 > task.kind.scores(task, labels[idx], neutral[idx])["score"])
-    return wins / DRAWS

@@ -1,4 +1,6 @@
-"""The one place a network is built: a timm backbone by name with the task's head.
+"""The one place a network is built: a timm backbone by name with the task's head, or, for an
+``architecture`` other than ``classifier``, a segmentation-models-pytorch network (U-Net, FPN, ...) on that
+timm backbone as its encoder (smp's ``tu-`` encoders).
 
 Pretrained sources (``pretrained=``):
 
@@ -40,7 +42,13 @@ class InputNorm(nn.Module):
         return (images.float() - self.mean) / self.std
 
 
-def create_network(backbone: str, num_outputs: int, pretrained: str = "none", drop_rate: float = 0.0) -> nn.Module:
+CLASSIFIER = "classifier"
+
+
+def create_network(backbone: str, num_outputs: int, pretrained: str = "none", drop_rate: float = 0.0,
+                   architecture: str = CLASSIFIER) -> nn.Module:
+    if architecture != CLASSIFIER:
+        return _segmentation_network(architecture, backbone, num_outputs, pretrained)
     import timm  # here, not at the top: 2 s of imports (torchvision) that run.py on a cached ONNX graph never needs
     try:
         net = timm.create_model(backbone, pretrained=pretrained == "hub", num_classes=num_outputs,
@@ -55,6 +63,41 @@ def create_network(backbone: str, num_outputs: int, pretrained: str = "none", dr
         load_backbone_weights(net, pretrained)
     _init_head(net)
     return net
+
+
+def _segmentation_network(architecture: str, backbone: str, num_outputs: int, pretrained: str) -> nn.Module:
+    """An smp network on the timm encoder ``backbone``. Its encoder's pretrained weights come from the
+    same sources as a classifier's: the timm classifier is built with them and its tensors copied by name
+    into the encoder (smp's features-only timm model names them the same, less the head)."""
+    import segmentation_models_pytorch as smp
+    import timm
+    if not hasattr(smp, architecture) or architecture not in {a.__name__ for a in smp._MODEL_ARCHITECTURES}:
+        names = ", ".join(a.__name__ for a in smp._MODEL_ARCHITECTURES)
+        raise PretrainedError(f"unknown architecture {architecture!r}: choose one of {names}")
+    if backbone not in timm.list_models():
+        raise PretrainedError(f"unknown backbone {backbone!r}: pick a name from timm.list_models()")
+    try:
+        net = smp.create_model(architecture, encoder_name=f"tu-{backbone}", encoder_weights=None, classes=num_outputs)
+    except (ValueError, RuntimeError, KeyError) as e:
+        raise PretrainedError(f"{architecture} cannot use the encoder {backbone!r} ({e})") from e
+    if pretrained != "none":
+        source = create_network(backbone, 1, pretrained).state_dict()
+        encoder = net.encoder.model.state_dict()
+        usable = {k: v for k, v in source.items() if k in encoder and v.shape == encoder[k].shape}
+        if len(usable) < len(encoder):
+            raise PretrainedError(f"the {pretrained} weights of {backbone} cover {len(usable)} of the encoder's "
+                                  f"{len(encoder)} tensors")
+        net.encoder.model.load_state_dict(usable)
+    return net
+
+
+def head_parameters(net: nn.Module) -> list[nn.Parameter]:
+    """The task head's parameters: a classifier's last layer, or all of a segmentation network but its
+    encoder (the decoder and the segmentation head)."""
+    if hasattr(net, "get_classifier"):
+        return list(net.get_classifier().parameters())
+    encoder = {id(p) for p in net.encoder.parameters()}
+    return [p for p in net.parameters() if id(p) not in encoder]
 
 
 def _init_head(net: nn.Module) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_path, write_json
-from .bundle import MANIFEST, Bundle, BundleError, load_bundle
+from .bundle import MANIFEST, Bundle, BundleError, load_bundle, merge_views, tta_views
 
 log = logging.getLogger(__name__)
 OPSET = 17
@@ -61,7 +61,7 @@ class OnnxEnsemble:
     name = "onnxruntime"
     input_format = torch.contiguous_format  # NCHW: other layouts would be copied back before every run
 
-    def __init__(self, model_bytes: bytes, threads: int):
+    def __init__(self, model_bytes: bytes, threads: int, kind):
         import onnxruntime as ort
         options = ort.SessionOptions()
         # ``threads`` single-threaded streams, each running its own batch (the session is thread-safe),
@@ -70,13 +70,13 @@ class OnnxEnsemble:
         # 13.8 s (pool, spinning off) and 17 s (pool, spinning on); see benchmarks/infer.py.
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
-        self.streams = max(1, threads)
+        self.streams, self.kind = max(1, threads), kind
         self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
     def predict(self, images: torch.Tensor, tta=None) -> torch.Tensor:
-        views = torch.cat([t.augment_image(images) for t in tta]) if tta is not None else images
-        probs = self.session.run(None, {"images": views.float().contiguous().numpy()})[0]
-        return torch.from_numpy(probs).view(len(tta) if tta is not None else 1, images.shape[0], -1).mean(0)
+        views = tta_views(images, tta) if tta is not None else images
+        probs = torch.from_numpy(self.session.run(None, {"images": views.float().contiguous().numpy()})[0])
+        return merge_views(self.kind, tta, probs, len(images)) if tta is not None else probs
 
 
 def export_ensemble(bundle: Bundle) -> bytes:
@@ -150,7 +150,7 @@ def onnx_ensemble(bundle: Bundle, threads: int) -> OnnxEnsemble:
         digest = hashlib.sha256(data).hexdigest()
         if digest == expected_graph(bundle):
             _store(data, digest)
-    return OnnxEnsemble(data, threads)
+    return OnnxEnsemble(data, threads, bundle.task.kind)
 
 
 def record_graph(folder: Path) -> None:

@@ -1,5 +1,6 @@
 """What ``python run.py`` does, as functions that run.py and the pre-flight check both call: find the
-bundles, and for each one, in isolation, list its test folder, load it, predict and write its CSV.
+bundles, and for each one, in isolation, load it, list its test folder, predict and write its output (a
+CSV, or masks: the task's kind writes them).
 
 One task's failure (a refused bundle, a broken manifest, an empty folder, any exception) is reported with
 its reason and never costs another task its CSV. A CSV left in the output folder by an earlier run of a
@@ -8,6 +9,7 @@ task that fails now is moved aside, so it cannot be taken for this run's.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,7 @@ import torch
 from .bundle import Bundle, BundleError, find_bundles, load_bundle, read_manifest
 from .device import decode_threads, resolve_device, resolve_precision
 from .onnx_backend import select_engine
-from .predict import auto_batch_size, list_test_images, predict_paths, write_predictions
+from .predict import auto_batch_size, list_test_images, predict_paths
 
 
 @dataclass
@@ -44,7 +46,7 @@ class TaskResult:
     images: int = 0
     engine: str = ""
     seconds: float = 0.0
-    failed: bool = False                # True: the task could not write its CSV (a missing folder is not a failure)
+    failed: bool = False                # True: the task could not write its output (a missing folder is not a failure)
     problems: list[str] = field(default_factory=list)
 
 
@@ -74,56 +76,90 @@ def predict_folder(prepared: Prepared, paths: list[Path], options: RunOptions, d
 
 
 def _output_name(folder: Path) -> str:
-    """The CSV a bundle writes, from its manifest when that can be read, else <folder>_pre.csv."""
+    """The output (a CSV, or a folder of masks) a bundle writes, from its manifest when that can be read,
+    else <folder>_pre.csv."""
     try:
         return read_manifest(folder)["task"]["output"]["file"]
-    except (BundleError, KeyError, TypeError):
+    except Exception:  # noqa: BLE001  (whatever the folder holds: the caller reports the bundle itself)
         return f"{folder.name}_pre.csv"
 
 
-def run_task(folder: Path, options: RunOptions, device: torch.device) -> TaskResult:
-    """Predict one bundle's test folder and write its CSV. Never raises: every failure is in the result."""
+@dataclass
+class Loaded:
+    """A bundle that loaded, with its test folder, ready to predict."""
+    folder: Path
+    prepared: Prepared
+    test_folder: Path
+
+
+def load_task(folder: Path, options: RunOptions, device: torch.device) -> tuple[TaskResult, Loaded | None]:
+    """Read, verify and prepare one bundle. Never raises: a failure is in the result (and the Loaded is None,
+    as it is when the task's test folder is absent)."""
     result = TaskResult(folder.name)
     started = time.perf_counter()
     try:
-        manifest_task = read_manifest(folder)["task"]
-        result.name = manifest_task["name"]
-        test_folder = options.test_dir / manifest_task["test_folder"]
-        if not test_folder.is_dir():
-            result.problems.append(f"{test_folder}: folder not found, so {manifest_task['output']['file']} "
-                                   "was not written")
-            return result
         prepared = prepare(folder, options, device)
         task = prepared.bundle.task
-        if folder.name != task.name:
-            result.problems.append(f"{folder}: holds the {task.name!r} bundle (it reads {test_folder} and writes "
-                                   f"{task.output.file} all the same)")
-        listing = list_test_images(test_folder, options.id_mode or task.output.id)
-        result.problems.extend(listing.problems)
+        result.name = task.name
+        test_folder = options.test_dir / task.test_folder
+        if not test_folder.is_dir():
+            result.problems.append(f"{test_folder}: folder not found, so {task.output.file} was not written")
+            _move_stale(options.out_dir / task.output.file, result)
+            return result, None
         if prepared.note:
             result.problems.append(prepared.note)
-        prediction = predict_folder(prepared, [image.path for image in listing.images], options, device)
-        for _, reason in sorted(prediction.failed.items()):
-            result.problems.append(f"{reason} -> predicted from the class prior")
-        labels = task.decide(prediction.probs, prepared.bundle.rule)
-        result.csv = options.out_dir / task.output.file
-        write_predictions(result.csv, task, listing.images, labels, prediction.probs, options.id_mode)
-        result.images, result.engine = len(listing.images), prepared.engine.name
+        return result, Loaded(folder, prepared, test_folder)
     except Exception as e:  # noqa: BLE001  (one task's failure, whatever it is, must not cost the others)
-        result.failed, result.csv = True, None
-        reason = str(e) if isinstance(e, (ValueError, OSError)) else f"unexpected {type(e).__name__}: {e}"
-        result.problems.append(f"{result.name}: {reason}")
-        _move_stale(options.out_dir / _output_name(folder), result)
+        _fail(result, e, options.out_dir, _output_name(folder))
+        return result, None
+    finally:
+        result.seconds = time.perf_counter() - started
+
+
+def predict_task(loaded: Loaded, result: TaskResult, options: RunOptions, device: torch.device) -> TaskResult:
+    """Predict a loaded bundle's test folder and write its outputs. Never raises."""
+    started = time.perf_counter() - result.seconds
+    task = loaded.prepared.bundle.task
+    try:
+        listing = list_test_images(loaded.test_folder, options.id_mode or task.output.id)
+        result.problems.extend(listing.problems)
+        if not listing.images:
+            raise ValueError(f"{loaded.test_folder}: no image files in the test folder, so {task.output.file} "
+                             "was not written")
+        prediction = predict_folder(loaded.prepared, [image.path for image in listing.images], options, device)
+        for _, reason in sorted(prediction.failed.items()):
+            result.problems.append(f"{reason} -> {task.kind.failed_note}")
+        result.csv = task.kind.write_outputs(task, options.out_dir, listing.images, prediction,
+                                             loaded.prepared.bundle.rule, options.id_mode)
+        result.images, result.engine = len(listing.images), loaded.prepared.engine.name
+    except Exception as e:  # noqa: BLE001
+        _fail(result, e, options.out_dir, task.output.file)
     finally:
         result.seconds = time.perf_counter() - started
     return result
 
 
-def _move_stale(csv: Path, result: TaskResult) -> None:
-    if csv.is_file():
-        stale = csv.with_name(csv.name + ".stale")
-        os.replace(csv, stale)
-        result.problems.append(f"{csv}: left by an earlier run; moved to {stale.name} so that it is not taken "
+def run_task(folder: Path, options: RunOptions, device: torch.device) -> TaskResult:
+    """Load one bundle, predict its test folder and write its outputs. Never raises."""
+    result, loaded = load_task(folder, options, device)
+    return predict_task(loaded, result, options, device) if loaded is not None else result
+
+
+def _fail(result: TaskResult, error: Exception, out_dir: Path, output: str) -> None:
+    result.failed, result.csv = True, None
+    reason = str(error) if isinstance(error, (ValueError, OSError)) else f"unexpected {type(error).__name__}: {error}"
+    result.problems.append(f"{result.name}: {reason}")
+    _move_stale(out_dir / output, result)
+
+
+def _move_stale(output: Path, result: TaskResult) -> None:
+    """Move an output an earlier run left (a CSV, or a folder of masks) aside as ``<name>.stale``."""
+    if output.is_file() or output.is_dir():
+        stale = output.with_name(output.name + ".stale")
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        os.replace(output, stale)
+        result.problems.append(f"{output}: left by an earlier run; moved to {stale.name} so that it is not taken "
                                "for this run's predictions")
 
 
@@ -145,7 +181,10 @@ class RunReport:
 
 
 def run(options: RunOptions) -> RunReport:
-    """Every bundle under ``options.weights`` (or those ``options.tasks`` names) on ``options.test_dir``."""
+    """Every bundle under ``options.weights`` (or those ``options.tasks`` names) on ``options.test_dir``.
+
+    Every bundle is loaded first, each in isolation; two bundles that would write one output are a clash
+    only when both loaded (a broken bundle claims nothing); then each loaded bundle predicts."""
     device = resolve_device(options.device)
     started = time.perf_counter()
     folders, problems = find_bundles(options.weights)
@@ -157,19 +196,24 @@ def run(options: RunOptions) -> RunReport:
                              f"(there: {', '.join(sorted(names.values())) or 'none'})")
         folders = [f for f in folders if names[f] in options.tasks]
         problems = []
+    loaded = [load_task(folder, options, device) for folder in folders]
     results, outputs = [], {}
-    for folder in folders:
-        output = _output_name(folder)
-        if output in outputs:
-            problems.append(f"{folder}: writes {output} like {outputs[output]}; skipped (rename one task's output.file)")
+    for result, ready in loaded:
+        if ready is None:
+            results.append(result)
             continue
-        outputs[output] = folder
-        results.append(run_task(folder, options, device))
+        output = ready.prepared.bundle.task.output.file
+        if output in outputs:
+            problems.append(f"{ready.folder}: writes {output} like {outputs[output]}; skipped (rename one task's "
+                            "output.file)")
+            continue
+        outputs[output] = ready.folder
+        results.append(predict_task(ready, result, options, device))
     return RunReport(results, problems, device, time.perf_counter() - started)
 
 
 def _task_name(folder: Path) -> str:
     try:
         return read_manifest(folder)["task"]["name"]
-    except (BundleError, KeyError, TypeError):
+    except Exception:  # noqa: BLE001  (a broken bundle is reported when it is loaded)
         return folder.name

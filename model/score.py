@@ -26,6 +26,10 @@ from .metric import overall_score
 from .task import load_task, task_from_dict
 
 
+REPORTED = ("accuracy", "macro_f1", "balanced_accuracy", "auc", "dice", "dice_per_image", "iou", "sensitivity",
+            "specificity")
+
+
 class ScoreError(ValueError):
     pass
 
@@ -64,8 +68,8 @@ def truth_view(task):
     return dataclasses.replace(task, output=dataclasses.replace(task.output, values="labels", columns=columns))
 
 
-def _ids_from_names(names: list[str], order_file: Path, problems: list[str]) -> list[int]:
-    mapping = {}
+def _ids_from_names(names: list[str], order_files: list[Path], problems: list[str]) -> list[int]:
+    mapping, order_file = {}, next((f for f in order_files if f.is_file()), order_files[0])
     if order_file.is_file():
         header, rows = _read_csv(order_file)
         columns = _columns(header, rows, ["id", "image_name"], order_file)
@@ -108,7 +112,8 @@ def score_task(task, pred_path: Path, gt_path: Path) -> TaskResult:
         pred_ids = [int(v) for v in first]
     else:
         prefix = gt_path.name.removesuffix("_gt.csv")
-        pred_ids = _ids_from_names(first, gt_path.parent / f"{prefix}_order.csv", problems)
+        order_files = [gt_path.parent / f"{name}_order.csv" for name in dict.fromkeys((task.name, prefix))]
+        pred_ids = _ids_from_names(first, order_files, problems)
     labels, probs, label_problems = task.kind.parse_values(task, values)
     problems += [f"{pred_path.name} {p}" for p in label_problems]
     position: dict[int, int] = {}
@@ -119,6 +124,9 @@ def score_task(task, pred_path: Path, gt_path: Path) -> TaskResult:
             position[pid] = row
     missing = [i for i in gt_ids if i not in position]
     extra = sorted(set(position) - set(gt_ids))
+    if gt_ids and len(missing) == len(gt_ids):
+        raise ScoreError(f"{pred_path}: not one of its {len(rows)} rows matches an id of {gt_path.name}; is it the "
+                         f"prediction of this test set? " + "; ".join(problems[:3]))
     if missing:
         problems.append(f"{len(missing)} id(s) of the ground truth have no prediction (counted wrong): "
                         f"{missing[:20]}{' ...' if len(missing) > 20 else ''}")
@@ -138,6 +146,95 @@ def score_task(task, pred_path: Path, gt_path: Path) -> TaskResult:
     return TaskResult(task.name, scores, problems)
 
 
+def score_csv_task(task, pred_dir: Path, gt_dir: Path) -> TaskResult | None:
+    """A classification task's CSV against GT_DIR/<its _gt.csv>; None when there is no such ground truth."""
+    pred, gt = pred_dir / task.output.file, gt_dir / task.gt_file
+    if not gt.is_file():
+        return None
+    if not pred.is_file():
+        return TaskResult(task.name, {"score": 0.0}, [f"{pred}: missing, task scored 0"], missing=True)
+    return score_task(task, pred, gt)
+
+
+def truth_name(task) -> str:
+    """Where a task's ground truth is looked for under GT_DIR."""
+    return f"{task.test_folder}/ (true masks)" if task.kind.output_is_folder("masks") else task.gt_file
+
+
+def score_mask_task(task, pred_dir: Path, gt_dir: Path) -> TaskResult | None:
+    """A segmentation task's masks (a folder of mask images, or an RLE CSV) against the true masks.
+
+    The true masks are GT_DIR/<test_folder>/, one mask image per test image, named after the image's stem
+    (``0001.png``, or with the task's mask suffix, ``0001_mask.png``); None when that folder has none.
+    Dice per volume pools the images whose names match the task's ``data.group_pattern``; without one,
+    each image is its own volume. A test image with no predicted mask counts as an empty prediction."""
+    from . import mask_outputs
+    from .images import is_image_file
+    from .masks import MaskError, load_mask, pixel_counts, segmentation_scores
+    from .readers.base import group_of
+    truth_dir = gt_dir / task.test_folder
+    suffix = str(task.data.get("mask_suffix", "_mask"))
+    files = sorted(p for p in truth_dir.iterdir() if is_image_file(p) and not p.name.startswith(".")) \
+        if truth_dir.is_dir() else []
+    if not files:
+        return None
+    pred = pred_dir / task.output.file
+    if not pred.exists():
+        return TaskResult(task.name, {"score": 0.0}, [f"{pred}: missing, task scored 0"], missing=True)
+    problems: list[str] = []
+    truth: dict[str, object] = {}
+    for path in files:
+        stem = path.stem.removesuffix(suffix) if suffix and path.stem.endswith(suffix) else path.stem
+        try:
+            truth[stem] = load_mask(path, task.mask_values)
+        except MaskError as e:
+            raise ScoreError(f"{e} (in the ground truth)") from None
+    if task.output.values == "masks":
+        predicted, found = mask_outputs.read_mask_folder(pred, list(truth), task.mask_values)
+    elif task.output.values == "rle":
+        shapes = {stem: mask.shape for stem, mask in truth.items()}
+        predicted, found = mask_outputs.read_rle_csv(pred, _rle_keys(task, shapes), task.heads, task.output.rle_order)
+        predicted = {_stem_of(key, shapes): mask for key, mask in predicted.items()}
+    else:
+        raise ScoreError(f"{task.name}: output.values is summary, which holds no masks to score; "
+                         "score a masks or rle output")
+    problems += found
+    stems = list(truth)
+    missing = [s for s in stems if s not in predicted]
+    if len(missing) == len(stems):
+        raise ScoreError(f"{pred}: no predicted mask matches a true mask in {truth_dir}; is it this test set's?")
+    if missing:
+        problems.append(f"{len(missing)} image(s) have no predicted mask (scored as empty): {missing[:10]}")
+    bad = [s for s in stems if s in predicted and predicted[s].shape != truth[s].shape]
+    if bad:
+        raise ScoreError(f"{pred}: masks of another size than the truth for {bad[:5]}; masks must be at each "
+                         "image's original size")
+    pattern = task.data.get("group_pattern")
+    groups = [group_of(stem, pattern) or stem for stem in stems] if pattern else stems
+    # Counted image by image: test images differ in size.
+    counts = np.concatenate([pixel_counts(predicted.get(s, np.zeros_like(truth[s]))[None], truth[s][None],
+                                          len(task.heads)) for s in stems])
+    scores = segmentation_scores(counts, np.array(groups), task.metric)
+    scores["n"] = len(stems)
+    return TaskResult(task.name, scores, problems)
+
+
+def _rle_keys(task, shapes: dict) -> dict:
+    """The truth's shapes keyed as an RLE CSV keys its rows: by number, or by file name."""
+    if task.output.id == "filename":
+        return shapes
+    return {str(int(stem)) if stem.isdigit() else stem: shape for stem, shape in shapes.items()}
+
+
+def _stem_of(key: str, shapes: dict) -> str:
+    if key in shapes:
+        return key
+    for stem in shapes:
+        if stem.isdigit() and str(int(stem)) == key or Path(key).stem == stem:
+            return stem
+    return key
+
+
 def score_folder(pred_dir: str | Path, gt_dir: str | Path, tasks) -> dict:
     """Scores of every task whose ground truth is in ``gt_dir``."""
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
@@ -147,14 +244,12 @@ def score_folder(pred_dir: str | Path, gt_dir: str | Path, tasks) -> dict:
         raise ScoreError(f"{gt_dir}: ground-truth folder not found")
     results = {}
     for task in tasks:
-        pred, gt = pred_dir / task.output.file, gt_dir / task.gt_file
-        if gt.is_file() and not pred.is_file():
-            results[task.name] = TaskResult(task.name, {"score": 0.0}, [f"{pred}: missing, task scored 0"], missing=True)
-        elif gt.is_file():
-            results[task.name] = score_task(task, pred, gt)
+        result = task.kind.score_outputs(task, pred_dir, gt_dir)
+        if result is not None:
+            results[task.name] = result
     if not results:
         raise ScoreError(f"{gt_dir}: no ground truth for the tasks {', '.join(t.name for t in tasks)} "
-                         f"(looked for {', '.join(t.gt_file for t in tasks)})")
+                         f"(looked for {', '.join(truth_name(t) for t in tasks)})")
     out = {name: {"scores": r.scores, "problems": r.problems, "missing": r.missing} for name, r in results.items()}
     if len(results) > 1:
         out["overall"] = overall_score(r.scores["score"] for r in results.values())
@@ -167,8 +262,7 @@ def format_report(report: dict) -> str:
         if name == "overall":
             continue
         s = entry["scores"]
-        parts = "   ".join(f"{k.replace('_', '-')} {s[k]:.4f}" for k in ("accuracy", "macro_f1", "balanced_accuracy", "auc")
-                           if isinstance(s.get(k), float))
+        parts = "   ".join(f"{k.replace('_', '-')} {s[k]:.4f}" for k in REPORTED if isinstance(s.get(k), float))
         lines.append(f"{name:<8} {s['score']:.4f}   {parts}   (n={s.get('n', 0)})")
         for label, part in s.get("labels", {}).items():
             lines.append(f"  {label:<14}{part['score']:.4f}   accuracy {part['accuracy']:.4f}   F1 {part['f1']:.4f}")

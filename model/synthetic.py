@@ -44,3 +44,20 @@ def make_awkward_folder(folder: Path, n: int) -> list[Path]:
         ext, mode, size = AWKWARD[(i - 1) % len(AWKWARD)]
         paths.append(save_image(folder / f"{i:04d}{ext}", fake_ultrasound(i, size, i % 6, border=size[0] // 20), mode))
     return paths
+
+
+def fake_scan(seed: int, size=(64, 64), lesion: bool = True, value: int = 255) -> tuple[np.ndarray, np.ndarray]:
+    """(image, mask) for segmentation tests: a noisy grey scan with a bright disc at a random place, and
+    its mask (``value`` inside the disc, 0 elsewhere; all 0 when ``lesion`` is False)."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    img = rng.integers(30, 90, size=(h, w, 1), dtype=np.uint8).repeat(3, axis=2)
+    mask = np.zeros((h, w), np.uint8)
+    if lesion:
+        r = int(rng.integers(max(2, min(h, w) // 10), max(3, min(h, w) // 5)))
+        cy, cx = int(rng.integers(r, h - r)), int(rng.integers(r, w - r))
+        yy, xx = np.ogrid[:h, :w]
+        inside = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+        img[inside] = np.clip(img[inside].astype(int) + 120, 0, 255).astype(np.uint8)
+        mask[inside] = value
+    return img, mask

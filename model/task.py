@@ -1,10 +1,11 @@
-"""A classification task, read from a small YAML task file and carried whole in every bundle's manifest.
+"""A task, read from a small YAML task file and carried whole in every bundle's manifest.
 
 ::
 
     name: busi                      # bundle folder, run folder and CSV default name
-    kind: single-label              # single-label | multi-label
-    classes: [benign, malignant, normal]     # multi-label tasks list labels: instead
+    kind: single-label              # single-label | multi-label | segmentation
+    classes: [benign, malignant, normal]     # multi-label tasks list labels: instead; segmentation
+                                             # tasks map each class to its mask value: {lesion: 255}
     data: {reader: class-folders}   # how to read the training data (see model/readers)
     test_folder: .                  # where the test images are, under run.py's --test-dir
     output: {file: busi_pre.csv}    # the CSV run.py writes
@@ -24,12 +25,12 @@ import yaml
 
 from .keys import unknown_key_message
 from .kinds import KINDS
-from .metric import METRICS
 from .readers import check_reader_options
 
 TASK_KEYS = ("name", "title", "kind", "classes", "labels", "positive", "data", "test_folder", "output", "metric",
              "train")
-OUTPUT_KEYS = ("file", "id", "id_header", "columns", "values")
+OUTPUT_KEYS = ("file", "id", "id_header", "columns", "values", "rle_order")
+RLE_ORDERS = ("column", "row")
 ID_MODES = {"number": "id", "filename": "img_name"}  # how the id column is filled -> its default header
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
@@ -50,14 +51,15 @@ class Output:
     id: str                  # number | filename
     id_header: str
     columns: tuple[str, ...]
-    values: str              # labels | names | probabilities (the kind says which it allows)
+    values: str              # labels | names | probabilities; masks | rle | summary (the kind says which)
+    rle_order: str = "column"   # rle outputs: column-major (Kaggle) or row-major pixel numbering
 
 
 @dataclass(frozen=True)
 class Task:
     name: str
-    kind: object             # model.kinds.SingleLabel or MultiLabel
-    heads: tuple[str, ...]   # the classes (single-label) or the labels (multi-label)
+    kind: object             # a model.kinds.Kind
+    heads: tuple[str, ...]   # the classes (single-label, segmentation) or the labels (multi-label)
     title: str
     data: dict               # reader name and options, and the data's licence
     test_folder: str
@@ -66,6 +68,7 @@ class Task:
     positive: str | None     # a two-class task's positive class (AUC, sensitivity, specificity)
     train: dict = field(default_factory=dict)   # recipe keys applied before --config and flags
     source: str = ""         # where the definition came from, for messages
+    mask_values: tuple[int, ...] = ()   # segmentation: each class's value in the mask images
 
     @property
     def positive_index(self) -> int:
@@ -85,12 +88,14 @@ class Task:
 
     def to_dict(self) -> dict:
         """The definition as a manifest stores it: every default filled in, no machine paths."""
-        out = {"name": self.name, "title": self.title, "kind": self.kind.name, self.kind.heads_key: list(self.heads)}
+        out = {"name": self.name, "title": self.title, "kind": self.kind.name,
+               self.kind.heads_key: self.kind.heads_value(self)}
         if self.positive:
             out["positive"] = self.positive
         out.update({"data": {k: v for k, v in self.data.items() if k != "root"}, "test_folder": self.test_folder,
                     "output": {"file": self.output.file, "id": self.output.id, "id_header": self.output.id_header,
-                               "columns": list(self.output.columns), "values": self.output.values},
+                               "columns": list(self.output.columns), "values": self.output.values,
+                               **({"rle_order": self.output.rle_order} if self.output.values == "rle" else {})},
                     "metric": self.metric})
         return out
 
@@ -121,21 +126,21 @@ def task_from_dict(raw, where: str) -> Task:
         raise TaskFileError(f"{where}: name {name!r}: use letters, digits, '.', '_' and '-' (it names folders)")
     kind_name = _string(raw, "kind", where)
     if kind_name not in KINDS:
-        raise TaskFileError(f"{where}: kind {kind_name!r}: choose single-label or multi-label")
+        raise TaskFileError(f"{where}: kind {kind_name!r}: choose {', '.join(KINDS)}")
     kind = KINDS[kind_name]
     for other in KINDS.values():
-        if other is not kind and other.heads_key in raw:
+        if other.heads_key != kind.heads_key and other.heads_key in raw:
             raise TaskFileError(f"{where}: a {kind_name} task lists {kind.heads_key}:, not {other.heads_key}:")
-    heads = _names(raw, kind.heads_key, where, minimum=kind.min_heads)
+    heads, mask_values = kind.read_heads(raw.get(kind.heads_key), where)
     positive = raw.get("positive")
     if positive is not None:
         if kind_name != "single-label" or len(heads) != 2:
             raise TaskFileError(f"{where}: positive: applies to single-label tasks of two classes only")
         if positive not in heads:
             raise TaskFileError(f"{where}: positive {positive!r} is not one of the classes {list(heads)}")
-    metric = raw.get("metric", "competition")
-    if metric not in METRICS:
-        raise TaskFileError(f"{where}: metric {metric!r}: choose from {', '.join(METRICS)}")
+    metric = raw.get("metric", kind.default_metric)
+    if metric not in kind.metrics:
+        raise TaskFileError(f"{where}: metric {metric!r}: a {kind_name} task is scored by {', '.join(kind.metrics)}")
     data = raw.get("data", {})
     if not isinstance(data, dict):
         raise TaskFileError(f"{where}: data: expected a mapping with reader: and its options")
@@ -154,23 +159,29 @@ def task_from_dict(raw, where: str) -> Task:
         raise TaskFileError(f"{where}: train: expected a mapping of recipe keys (python train.py --task FILE --show-config)")
     return Task(name=name, kind=kind, heads=heads, title=str(raw.get("title", name)), data=dict(data),
                 test_folder=test_folder, output=_output(raw.get("output", {}), name, kind, heads, where),
-                metric=metric, positive=positive, train=dict(train), source=where)
+                metric=metric, positive=positive, train=dict(train), source=where, mask_values=mask_values)
 
 
 def _output(raw, name: str, kind, heads: tuple[str, ...], where: str) -> Output:
     if not isinstance(raw, dict):
         raise TaskFileError(f"{where}: output: expected a mapping ({', '.join(OUTPUT_KEYS)})")
     check_keys(raw, OUTPUT_KEYS, f"{where}: output")
-    file = str(raw.get("file", f"{name}_pre.csv"))
-    if not NAME.fullmatch(file) or not file.endswith(".csv"):
-        raise TaskFileError(f"{where}: output.file {file!r}: a plain file name ending in .csv")
-    id_mode = raw.get("id", "number")
-    if id_mode not in ID_MODES:
-        raise TaskFileError(f"{where}: output.id {id_mode!r}: number (the number in the file name) or filename")
-    values = raw.get("values", "labels")
-    if values not in kind.output_values:
+    values = raw.get("values", kind.output_values[0])
+    if not isinstance(values, str) or values not in kind.output_values:
         raise TaskFileError(f"{where}: output.values {values!r}: a {kind.name} task writes "
                             f"{' or '.join(kind.output_values)}")
+    file = raw.get("file", kind.default_output_file(name, values))
+    folder = kind.output_is_folder(values)
+    if not isinstance(file, str) or not NAME.fullmatch(file) or folder == file.endswith(".csv"):
+        raise TaskFileError(f"{where}: output.file {file!r}: " + (
+            "a plain folder name (the masks are written into it)" if folder else "a plain file name ending in .csv"))
+    id_mode = raw.get("id", "number")
+    if not isinstance(id_mode, str) or id_mode not in ID_MODES:
+        raise TaskFileError(f"{where}: output.id {id_mode!r}: number (the number in the file name) or filename")
+    rle_order = raw.get("rle_order", "column")
+    if rle_order not in RLE_ORDERS or "rle_order" in raw and values != "rle":
+        raise TaskFileError(f"{where}: output.rle_order {rle_order!r}: column (Kaggle's column-major numbering) or "
+                            "row, for values: rle only")
     default = kind.output_columns(heads, values)
     columns = raw.get("columns", default)
     if not isinstance(columns, list) or not all(isinstance(c, str) and c for c in columns):
@@ -180,7 +191,7 @@ def _output(raw, name: str, kind, heads: tuple[str, ...], where: str) -> Output:
     id_header = str(raw.get("id_header", ID_MODES[id_mode]))
     if id_header in columns:
         raise TaskFileError(f"{where}: output.id_header {id_header!r} is also a label column")
-    return Output(file, id_mode, id_header, tuple(columns), values)
+    return Output(file, id_mode, id_header, tuple(columns), values, rle_order)
 
 
 def _string(raw: dict, key: str, where: str) -> str:
@@ -189,12 +200,3 @@ def _string(raw: dict, key: str, where: str) -> str:
         raise TaskFileError(f"{where}: {key}: required, a non-empty string")
     return value.strip()
 
-
-def _names(raw: dict, key: str, where: str, minimum: int) -> tuple[str, ...]:
-    value = raw.get(key)
-    if not isinstance(value, list) or len(value) < minimum:
-        raise TaskFileError(f"{where}: {key}: required, a list of at least {minimum} names")
-    names = tuple(str(v) for v in value)
-    if any(not n.strip() for n in names) or len(set(names)) != len(names):
-        raise TaskFileError(f"{where}: {key}: names must be non-empty and distinct ({list(names)})")
-    return names

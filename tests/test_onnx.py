@@ -131,7 +131,7 @@ def test_parallel_streams_give_the_same_probabilities(tmp_path):
     bundle = load_bundle(make_bundle(tmp_path / "fea", "fea", folds=2))
     paths = sorted(make_test_folder(tmp_path / "testB", n=5).joinpath("fea").iterdir())
     data = onnx_backend.export_ensemble(bundle)
-    one, three = onnx_backend.OnnxEnsemble(data, threads=1), onnx_backend.OnnxEnsemble(data, threads=3)
+    one, three = onnx_backend.OnnxEnsemble(data, 1, bundle.task.kind), onnx_backend.OnnxEnsemble(data, 3, bundle.task.kind)
     assert (one.streams, three.streams) == (1, 3)
     tta = make_tta("hflip")
     serial = predict_paths(bundle, paths, torch.device("cpu"), batch_size=1, tta=tta, progress=False, engine=one)

@@ -174,11 +174,11 @@ def test_csv_reader_multi_label_with_unknowns(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("name: x\nkind: single-label\nclases: [a, b]\n", r"unknown key 'clases'; did you mean 'classes'\?"),
-    ("name: x\nkind: single-labels\nclasses: [a, b]\n", r"kind 'single-labels': choose single-label or multi-label"),
+    ("name: x\nkind: single-labels\nclasses: [a, b]\n", r"kind 'single-labels': choose single-label, multi-label, segmentation"),
     ("name: x\nkind: multi-label\nclasses: [a, b]\n", r"a multi-label task lists labels:, not classes:"),
     ("name: x\nkind: single-label\nclasses: [a]\n", r"classes: required, a list of at least 2 names"),
     ("name: x\nkind: single-label\nclasses: [a, a]\n", r"names must be non-empty and distinct"),
-    ("name: x\nkind: single-label\nclasses: [a, b]\nmetric: f1\n", r"metric 'f1': choose from competition"),
+    ("name: x\nkind: single-label\nclasses: [a, b]\nmetric: f1\n", r"metric 'f1': a single-label task is scored by competition"),
     ("name: x\nkind: single-label\nclasses: [a, b]\ndata: {reader: folders}\n", r"reader 'folders': choose one of"),
     ("name: x\nkind: single-label\nclasses: [a, b]\ndata: {reader: class-folders, class_folder: [a, b]}\n",
      r"unknown key 'class_folder'; did you mean 'class_folders'\?"),

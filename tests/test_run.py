@@ -193,16 +193,30 @@ def test_swapped_bundle_folders_still_write_the_right_csvs(tmp_path, weights, ca
     assert run_main(weights, test_dir, tmp_path / "b") == 0
     for name in ("cla_pre.csv", "fea_pre.csv"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-    assert "holds the 'fea' bundle" in capsys.readouterr().err
+    assert "problem" not in capsys.readouterr().err  # bundles describe themselves: a folder's name is no problem
 
 
-def test_an_empty_task_folder_does_not_cost_the_other_task(tmp_path, weights):
+def test_an_empty_task_folder_is_an_error_that_does_not_cost_the_other_task(tmp_path, weights, capsys):
     test_dir = make_test_folder(tmp_path / "testB", n=2)
     for path in (test_dir / "cla").iterdir():
         path.unlink()
-    assert run_main(weights, test_dir, tmp_path / "out") == 0
-    assert (tmp_path / "out/cla_pre.csv").read_text() == "id,label\n"
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out/cla_pre.csv").write_text("id,label\n1,0\n")     # left by an earlier run
+    assert run_main(weights, test_dir, tmp_path / "out") == 1
+    assert "no image files in the test folder, so cla_pre.csv was not written" in capsys.readouterr().err
+    assert not (tmp_path / "out/cla_pre.csv").exists() and (tmp_path / "out/cla_pre.csv.stale").is_file()
     assert len(pd.read_csv(tmp_path / "out/fea_pre.csv")) == 2
+
+
+def test_an_absent_task_folder_moves_its_old_csv_aside(tmp_path, weights, capsys):
+    test_dir = make_test_folder(tmp_path / "testB", n=2)
+    shutil.rmtree(test_dir / "cla")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out/cla_pre.csv").write_text("id,label\n1,0\n")     # yesterday's predictions
+    assert run_main(weights, test_dir, tmp_path / "out") == 0
+    err = capsys.readouterr().err
+    assert "cla: folder not found, so cla_pre.csv was not written" in err and "moved to cla_pre.csv.stale" in err
+    assert not (tmp_path / "out/cla_pre.csv").exists() and len(pd.read_csv(tmp_path / "out/fea_pre.csv")) == 2
 
 
 def test_any_task_bundle_is_served_with_no_task_code(tmp_path):

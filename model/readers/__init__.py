@@ -1,14 +1,21 @@
 """Readers of training data, one small class per source, chosen by name in the task file's ``data:``.
 
-=================  =============================================================================
-``yolo-folders``   one folder per class with images/ and YOLO label files (the BI-RADS cla layout)
-``label-folders``  images/ plus one folder of 0/1 label files per label (the BI-RADS fea layout)
-``class-folders``  ``<class>/<image>`` (ImageFolder)
-``csv``            one row per image: path, label(s), optional group (patient) and box columns
-=================  =============================================================================
+======================  ==========================================================================
+``yolo-folders``        one folder per class with images/ and YOLO label files (the BI-RADS cla layout)
+``label-folders``       images/ plus one folder of 0/1 label files per label (the BI-RADS fea layout)
+``class-folders``       ``<class>/<image>`` (ImageFolder)
+``csv``                 one row per image: path, label(s) or a segmentation mask, optional group
+                        (patient) and box columns
+``mask-pairs``          segmentation: ``<stem>.tif`` beside its ``<stem>_mask.tif``, in any folders
+                        below (the LGG MRI layout); the group from the path by ``group_pattern``
+``image-mask-folders``  segmentation: images/ and masks/ with the same file stems (nnU-Net 2D,
+                        BUS-BRA); the group from the file name by ``group_pattern``
+======================  ==========================================================================
 
 The training code never knows which reader fed it: each returns Samples (path, key, labels, boxes,
-group) and lists every problem it finds instead of stopping at the first.
+group, mask) and lists every problem it finds instead of stopping at the first. A segmentation sample's
+labels say which classes its mask holds (one 0/1 per class); ``base.segmentation_sample`` checks the
+image and mask and makes it, for every reader.
 """
 from __future__ import annotations
 
@@ -17,10 +24,13 @@ from pathlib import Path
 from .base import DatasetError, ReadResult, Reader, Sample
 from .class_folders import ClassFolders
 from .csv_table import CsvTable
+from .image_mask_folders import ImageMaskFolders
 from .label_folders import LabelFolders
+from .mask_pairs import MaskPairs
 from .yolo_folders import YoloFolders
 
-READERS: dict[str, type[Reader]] = {r.name: r for r in (YoloFolders, LabelFolders, ClassFolders, CsvTable)}
+READERS: dict[str, type[Reader]] = {r.name: r for r in (YoloFolders, LabelFolders, ClassFolders, CsvTable, MaskPairs,
+                                                         ImageMaskFolders)}
 
 __all__ = ["READERS", "DatasetError", "ReadResult", "Reader", "Sample", "check_reader_options", "make_reader",
            "read_dataset"]

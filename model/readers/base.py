@@ -3,11 +3,17 @@ checking, and finding where the layout starts below the folder given as ``--data
 from __future__ import annotations
 
 import logging
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from ..images import is_image_file, is_regular_file
 from ..keys import unknown_key_message
+from ..masks import MaskError, load_mask
 
 log = logging.getLogger("model.readers")
 MAX_LISTED = 40
@@ -32,6 +38,7 @@ class Sample:
     ``boxes``: lesion boxes as normalised (xc, yc, w, h) of the full image, for box-guided CutMix.
     ``key``: the path relative to the dataset root, used by the folds file.
     ``group``: a patient (or other) id; images of one group never go to different folds.
+    ``mask``: a segmentation task's mask image (class values per pixel, model.masks); None otherwise.
     """
 
     path: Path
@@ -39,6 +46,7 @@ class Sample:
     labels: tuple[int, ...]
     boxes: tuple[tuple[float, float, float, float], ...] = ()
     group: str | None = None
+    mask: Path | None = None
 
 
 @dataclass
@@ -117,18 +125,18 @@ def _root_of(layout: Path, parts: tuple[str, ...]) -> Path:
     return layout
 
 
-def list_images(folder: Path, problems: list[str]) -> dict[str, Path]:
+def list_images(folder: Path, problems: list[str], clash: str = "so each label matches one image") -> dict[str, Path]:
     """Images in ``folder`` by file stem. Two images with one stem are ambiguous (which one does the label
-    describe?) and reported; other entries are skipped with a warning."""
+    describe?) and reported (``clash`` ends the message); other entries are skipped with a warning."""
     by_stem: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
             continue
         if not is_image_file(path) or not is_regular_file(path):
-            log.warning("%s: not an image file (jpg/jpeg/png/bmp), ignored", path)
+            log.warning("%s: not an image file (jpg/jpeg/png/bmp/tif), ignored", path)
             continue
         if path.stem in by_stem:
-            problems.append(f"{path}: same name as {by_stem[path.stem].name}; rename one so each label matches one image")
+            problems.append(f"{path}: same name as {by_stem[path.stem].name}; rename one {clash}")
             continue
         by_stem[path.stem] = path
     return by_stem
@@ -156,3 +164,98 @@ def parse_box(tokens: list[str]) -> tuple[float, float, float, float] | None:
 
 def relative_key(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
+
+
+def visible_files(folder: Path):
+    """Every file below ``folder`` (recursively, sorted), skipping hidden files and folders."""
+    for parent, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield Path(parent) / name
+
+
+class SegmentationReader(Reader):
+    """A reader of images with mask images; ``group_pattern`` (a regex) takes the group (patient) from a
+    path: its first capture group, or the whole match when it has none."""
+
+    kinds = ("segmentation",)
+    options = {"subfolder": "", "group_pattern": None}
+
+    @classmethod
+    def check_options(cls, opts: dict, heads) -> None:
+        check_group_pattern(opts.get("group_pattern"))
+
+    def group_of(self, text: str, image: Path, problems: list[str]) -> str | None:
+        """The group ``group_pattern`` finds in ``text`` (a path or name of ``image``); None without the
+        option, or when it does not match (a problem)."""
+        pattern = self.opts["group_pattern"]
+        if pattern is None:
+            return None
+        group = group_of(text, pattern)
+        if not group:
+            problems.append(f"{image}: {text!r} does not match group_pattern {pattern!r}; fix the pattern or "
+                            "the name")
+        return group or None
+
+
+def group_of(text: str, pattern: str) -> str | None:
+    """The group the regex ``pattern`` finds in ``text``: its first capture group, or the whole match."""
+    match = re.search(pattern, text)
+    return ((match.group(1) if match.re.groups else match.group(0)) if match else None) or None
+
+
+def check_group_pattern(pattern) -> None:
+    if pattern is None:
+        return
+    if not isinstance(pattern, str) or not pattern:
+        raise ValueError(f"group_pattern: expected a regular expression, got {pattern!r}")
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"group_pattern {pattern!r} is not a valid regular expression ({e})") from None
+
+
+def segmentation_sample(task, image: Path | None, mask: Path | None, root: Path, group: str | None,
+                        result: ReadResult, keep: bool = True) -> Sample | None:
+    """Check one image and its mask for a segmentation task and add the Sample to ``result``.
+
+    The mask is read (model.masks.load_mask with ``task.mask_values``) for the presence labels, one 0/1
+    per class; its size must be the image's (read from the image's header). Every problem goes to
+    ``result.problems``. No sample is kept when there is one, when ``mask`` is None (the caller reported
+    it missing) or when ``keep`` is False (the caller found another problem with this image); a readable
+    image that is not kept goes to ``result.unlabelled``, so it is decoded too. ``image`` None (not
+    found) checks the mask alone. Returns the Sample added, or None.
+    """
+    before = len(result.problems)
+    size = _image_size(image, result.problems) if image is not None else None
+    ids = None
+    if mask is not None:
+        try:
+            ids = load_mask(mask, task.mask_values)
+        except MaskError as e:
+            result.problems.append(str(e))
+    if size is not None and ids is not None and (ids.shape[1], ids.shape[0]) != size:
+        result.problems.append(f"{image}: the image is {size[0]}x{size[1]} but its mask {mask} is "
+                               f"{ids.shape[1]}x{ids.shape[0]} (width x height); a mask must have its image's size")
+    if not keep or ids is None or len(result.problems) > before:
+        if size is not None:
+            result.unlabelled.append(image)
+        return None
+    counts = np.bincount(ids.ravel(), minlength=len(task.mask_values) + 1)
+    presence = tuple(int(n > 0) for n in counts[1:len(task.mask_values) + 1])
+    key = image.relative_to(root).as_posix() if image.is_relative_to(root) else image.as_posix()
+    sample = Sample(image, key, presence, (), group, mask)
+    result.samples.append(sample)
+    return sample
+
+
+def _image_size(image: Path, problems: list[str]) -> tuple[int, int] | None:
+    """(width, height) from the image's header; None (a problem) when PIL cannot open it."""
+    try:
+        with Image.open(image) as im:
+            return im.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        problems.append(f"{image}: cannot read this image ({e}); re-export it (PNG or TIFF) or remove it "
+                        "and its mask")
+        return None

@@ -55,7 +55,7 @@ class ClassFolders(Reader):
                 if path.is_dir():
                     log.warning("%s: folder inside a class folder, ignored", path)
                 elif not is_image_file(path) or not is_regular_file(path):
-                    log.warning("%s: not an image file (jpg/jpeg/png/bmp), ignored", path)
+                    log.warning("%s: not an image file (jpg/jpeg/png/bmp/tif), ignored", path)
                 else:
                     result.samples.append(Sample(path, relative_key(path, root), (label,)))
                     found += 1

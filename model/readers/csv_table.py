@@ -15,11 +15,15 @@ Options:
   CSV, in the order of ``classes``; default the class names).
 * multi-label: ``label_columns`` (one per label, in the order of ``labels``; default the label names), each
   0 or 1; an empty cell means unknown (masked out of the loss and the metric).
+* segmentation: ``mask_column`` (default ``mask``), the path of the image's mask, relative to the same
+  folder as the images; label and box columns are not read. The mask gives the presence labels (see
+  ``base.segmentation_sample``).
 * ``group_column``: a patient (or study) id; no group is split across folds.
 * ``box_columns``: four columns x0, y0, x1, y1 of a lesion box in pixels (all four empty: no box).
 
 Every bad row is reported at once: a missing file, an unknown class, a duplicate path, an empty group, a
-bad box.
+bad box; for segmentation a missing or empty mask, an unreadable one, an unknown mask value, a mask whose
+size is not its image's.
 """
 from __future__ import annotations
 
@@ -30,15 +34,21 @@ from PIL import Image
 
 from ..images import is_image_file, is_regular_file
 from ..metric import UNKNOWN
-from .base import ReadResult, Reader, Sample
+from .base import ReadResult, Reader, Sample, segmentation_sample
 
 
 class CsvTable(Reader):
     name = "csv"
+    kinds = ("single-label", "multi-label", "segmentation")
     options = {"subfolder": "", "file": "train.csv", "image_column": "image", "image_root": "",
                "label_column": "label", "label_columns": None, "class_values": None, "group_column": None,
-               "box_columns": None}
+               "box_columns": None, "mask_column": "mask"}
     summary = "a CSV of image paths and labels"
+
+    def __init__(self, task):
+        super().__init__(task)
+        # A segmentation task's row gives a mask instead of labels and boxes: read by _mask_row.
+        self.reads_masks = task.kind.name == "segmentation"
 
     @classmethod
     def check_options(cls, opts: dict, heads) -> None:
@@ -78,8 +88,9 @@ class CsvTable(Reader):
         except (UnicodeDecodeError, csv.Error) as e:
             result.problems.append(f"{path}: cannot read as a UTF-8 CSV ({e})")
             return result
-        wanted = [self.opts["image_column"], *self.label_columns, *([self.opts["group_column"]] if
-                  self.opts["group_column"] else []), *(self.opts["box_columns"] or [])]
+        group = [self.opts["group_column"]] if self.opts["group_column"] else []
+        wanted = ([self.opts["image_column"], self.opts["mask_column"], *group] if self.reads_masks else
+                  [self.opts["image_column"], *self.label_columns, *group, *(self.opts["box_columns"] or [])])
         missing = [c for c in wanted if c not in header]
         if not rows or missing:
             result.problems.append(f"{path}: " + (f"no column(s) {missing}; its header is {header}" if rows
@@ -91,6 +102,9 @@ class CsvTable(Reader):
             where = f"{path}:{number}"
             problems_before = len(result.problems)
             image = self._image(row, image_root, where, seen, number, result.problems)
+            if self.reads_masks:
+                self._mask_row(row, image, image_root, root, where, result, problems_before)
+                continue
             labels = self._labels(row, where, result.problems)
             group = self._group(row, where, result.problems)
             boxes = self._boxes(row, image, where, result.problems) if image is not None else ()
@@ -102,18 +116,35 @@ class CsvTable(Reader):
             result.samples.append(Sample(image, key, labels, boxes, group))
         return result
 
-    def _image(self, row, image_root: Path, where: str, seen: dict, number: int, problems: list[str]):
-        value = (row[self.opts["image_column"]] or "").strip()
+    def _mask_row(self, row, image: Path | None, image_root: Path, root: Path, where: str, result: ReadResult,
+                  problems_before: int) -> None:
+        """A segmentation task's row: its mask and group; the sample when the row has no problem."""
+        mask = self._file(row, self.opts["mask_column"], "mask", image_root, where, result.problems)
+        group = self._group(row, where, result.problems)
+        checked = len(result.problems)
+        segmentation_sample(self.task, image, mask, root, group, result, keep=checked == problems_before)
+        result.problems[checked:] = [f"{where}: {p}" for p in result.problems[checked:]]  # name the line too
+
+    def _file(self, row, column: str, what: str, image_root: Path, where: str, problems: list[str]) -> Path | None:
+        """The image file named in ``column``, relative to ``image_root``; None (a problem) when there is none."""
+        value = (row[column] or "").strip()
         if not value:
-            problems.append(f"{where}: empty {self.opts['image_column']}")
+            problems.append(f"{where}: empty {column}")
             return None
-        image = (image_root / value).resolve()
-        if not is_regular_file(image):
-            problems.append(f"{where}: image {value!r} not found (looked for {image})")
+        path = (image_root / value).resolve()
+        if not is_regular_file(path):
+            problems.append(f"{where}: {what} {value!r} not found (looked for {path})")
             return None
-        if not is_image_file(image):
-            problems.append(f"{where}: {value!r} is not an image file (jpg/jpeg/png/bmp)")
+        if not is_image_file(path):
+            problems.append(f"{where}: {value!r} is not an image file (jpg/jpeg/png/bmp/tif)")
             return None
+        return path
+
+    def _image(self, row, image_root: Path, where: str, seen: dict, number: int, problems: list[str]):
+        image = self._file(row, self.opts["image_column"], "image", image_root, where, problems)
+        if image is None:
+            return None
+        value = (row[self.opts["image_column"]] or "").strip()
         if image in seen:
             problems.append(f"{where}: image {value!r} is already on line {seen[image]}; one row per image")
             return None

@@ -35,6 +35,8 @@ class DeviceLoader:
     def __init__(self, cache: ImageCache, targets: np.ndarray, masks: np.ndarray, sampler: EpochSampler,
                  batch_size: int, img_size: int, strength: float, cutmix_p: float, device: torch.device):
         self.images = torch.from_numpy(cache.train).to(device).permute(0, 3, 1, 2)   # uint8 (N, 3, S, S)
+        # A segmentation cache's masks (N, S, S) move with their images and are the batch's targets.
+        self.mask_images = None if cache.masks_train is None else torch.from_numpy(cache.masks_train).to(device)
         self.boxes = cache.boxes
         self.targets = torch.from_numpy(targets).to(device)
         self.masks = torch.from_numpy(masks).to(device)
@@ -55,7 +57,11 @@ class DeviceLoader:
         targets, masks = self.targets[indices].clone(), self.masks[indices].clone()
         if self.cutmix_p > 0:
             self._cutmix(rng, images, indices, targets, masks)
-        images = self._geometry(rng, images)
+        grid = self._grid(rng, len(images))
+        images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if self.mask_images is not None:
+            chosen = self.mask_images[torch.from_numpy(indices).to(self.device)][:, None].float()
+            targets = F.grid_sample(chosen, grid, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0].long()
         if self.strength > 0:
             images = self._intensity(rng, images)
         return images, targets, masks
@@ -74,9 +80,9 @@ class DeviceLoader:
             targets[b] = (1 - weight) * targets[b] + weight * self.targets[j]
             masks[b] = masks[b] * self.masks[j]
 
-    def _geometry(self, rng, images: torch.Tensor) -> torch.Tensor:
-        """Flip and affine into an img_size output: one sampling grid per image, black outside."""
-        n, s = len(images), self.strength
+    def _grid(self, rng, n: int) -> torch.Tensor:
+        """Flip and affine into an img_size output: one sampling grid per image (black outside)."""
+        s = self.strength
         flip = rng.random(n) < 0.5
         affine = (rng.random(n) < 0.7) & (s > 0)
         scale = np.where(affine, rng.uniform(1 - 0.15 * s, 1 + 0.15 * s, n), 1.0)
@@ -88,9 +94,8 @@ class DeviceLoader:
         theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, sin, -sin, cos
         theta[:, :, 2] = -np.einsum("nij,nj->ni", theta[:, :, :2], shift)
         theta[flip, 0, :] *= -1                                       # the flip comes first, in input space
-        grid = F.affine_grid(torch.as_tensor(theta, dtype=torch.float32, device=self.device),
+        return F.affine_grid(torch.as_tensor(theta, dtype=torch.float32, device=self.device),
                              [n, 3, self.img_size, self.img_size], align_corners=False)
-        return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     def _intensity(self, rng, images: torch.Tensor) -> torch.Tensor:
         n, s = len(images), self.strength

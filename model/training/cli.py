@@ -56,11 +56,14 @@ def _main(argv: list[str], default_task: Path | None, prog: str) -> int:
         train_in_jobs(task, cfg, argv, args.jobs)
     metrics = train(task, cfg)  # after --jobs every fold is done: this gathers them
     rule = metrics["rule_report"]
-    print(f"OOF {task.name} {task.metric}: {metrics['oof_default_rule']['score']:.4f} with the neutral rule -> "
-          f"{metrics['oof_tuned_rule']['score']:.4f} with the rule kept ({rule['why']}); folds {metrics['folds_done']}"
+    neutral, kept = metrics["oof_default_rule"]["score"], metrics["oof_tuned_rule"]["score"]
+    scores = (f"{neutral:.4f} with the neutral rule -> {kept:.4f} with the tuned rule, kept" if rule["adopted"]
+              else f"{neutral:.4f} with the neutral rule, kept")
+    print(f"OOF {task.name} {task.metric}: {scores} ({rule['why']}); folds {metrics['folds_done']}"
           + (f"; folds {metrics['folds_missing']} not finished" if metrics["folds_missing"] else ""))
     if "probe" in metrics and cfg.recipe == "finetune":
-        verdict = "fine-tuning paid" if metrics["gain_over_probe"] > 0 else "FINE-TUNING DID NOT PAY: export the probe"
+        verdict = "fine-tuning paid" if metrics["gain_over_probe"] > 0 else \
+            f"FINE-TUNING DID NOT PAY: {task.kind.probe_advice(task, cfg)}"
         print(f"linear probe on the same folds: {metrics['probe']['oof_tuned_rule']:.4f} "
               f"({metrics['gain_over_probe']:+.4f} for this recipe: {verdict})")
     print(f"run folder: {cfg.out}")

@@ -16,8 +16,11 @@ from ..atomic import write_text
 from ..keys import did_you_mean
 
 
-def opt(default, help: str, kind: str | None = None, choices: tuple = ()):
-    """A config field with its description, the task kind it belongs to (None: every kind) and its choices."""
+CLASSIFICATION = ("single-label", "multi-label")
+
+
+def opt(default, help: str, kind: str | tuple | None = None, choices: tuple = ()):
+    """A config field with its description, the task kind(s) it belongs to (None: every kind) and its choices."""
     factory = {"default_factory": (lambda: list(default))} if isinstance(default, list) else {"default": default}
     return field(**factory, metadata={"help": help, "kind": kind, "choices": choices})
 
@@ -44,17 +47,20 @@ class TrainConfig:
     checkpoint_every: float = opt(60.0, "seconds between saves of the resume state (0: after every epoch)")
     # recipe
     recipe: str = opt("finetune", "finetune (train the network) or probe (a logistic regression on frozen features)",
-                      choices=("finetune", "probe"))
+                      kind=CLASSIFICATION, choices=("finetune", "probe"))
     probe_c: float = opt(0.0, "inverse regularisation of the probe's regression; 0 chooses it by inner cross-validation")
     head_init: str = opt("random", "classifier start: random, or probe (the fold's probe: linear probe, then fine-tune)",
-                         choices=("random", "probe"))
-    backbone_lr: float = opt(1.0, "the backbone's learning rate as a fraction of lr (the classifier gets lr)")
-    layer_decay: float = opt(1.0, "layer-wise LR decay: each block closer to the input gets this fraction of the next")
+                         kind=CLASSIFICATION, choices=("random", "probe"))
+    backbone_lr: float = opt(1.0, "the backbone's (segmentation: the encoder's) learning rate as a fraction of lr")
+    layer_decay: float = opt(1.0, "layer-wise LR decay: each block closer to the input gets this fraction of the next",
+                             kind=CLASSIFICATION)
     # network
-    backbone: str = opt("tf_efficientnet_lite0", "any timm model name")
+    backbone: str = opt("tf_efficientnet_lite0", "any timm model name (segmentation: the encoder)")
+    architecture: str = opt("Unet", "the segmentation network (segmentation-models-pytorch): Unet, UnetPlusPlus, FPN, "
+                            "DeepLabV3Plus, Linknet, MAnet, PAN, UPerNet, Segformer", kind="segmentation")
     pretrained: str = opt("imagenet", "none, imagenet (offline, tf_efficientnet_lite0/1/2), hub, or a state dict file")
-    img_size: int = opt(224, "input size in pixels (square)")
-    drop_rate: float = opt(0.2, "dropout before the classifier")
+    img_size: int = opt(224, "input size in pixels (square; segmentation: a multiple of 32)")
+    drop_rate: float = opt(0.2, "dropout before the classifier", kind=CLASSIFICATION)
     # optimisation
     epochs: int = opt(15, "epochs per fold (at most)")
     batch_size: int = opt(16, "images per step")
@@ -69,7 +75,7 @@ class TrainConfig:
     # regularisation and augmentation
     label_smoothing: float = opt(0.1, "label smoothing of the targets")
     aug_strength: float = opt(1.0, "scales every augmentation's range; 0 turns them off (flips stay)")
-    cutmix_p: float = opt(0.3, "probability of box-guided CutMix per image (needs lesion boxes)")
+    cutmix_p: float = opt(0.3, "probability of box-guided CutMix per image (needs lesion boxes)", kind=CLASSIFICATION)
     cache_scale: float = opt(1.15, "training images are cached at cache_scale * img_size")
     # kind-specific
     imbalance: str = opt("weights", "class imbalance: none, weights (1/sqrt(frequency) in the loss), sampler "
@@ -77,6 +83,8 @@ class TrainConfig:
     label_weights: list = opt(["auto"], "loss weight per label, or auto (1/sqrt(p(1-p)) of the positive rate)",
                               kind="multi-label")
     soft_f1_weight: float = opt(0.0, "weight of the soft-F1 auxiliary loss", kind="multi-label")
+    dice_weight: float = opt(1.0, "weight of the Dice loss beside the BCE (one class) or cross-entropy (several)",
+                             kind="segmentation")
     task_weighting: str = opt("fixed", "fixed (label_weights) or uncertainty (also learned, Kendall et al. 2018)",
                               kind="multi-label", choices=("fixed", "uncertainty"))
 
@@ -93,7 +101,8 @@ def config_fields() -> dict[str, dataclasses.Field]:
 
 
 def applies(key: str, kind) -> bool:
-    return config_fields()[key].metadata["kind"] in (None, kind.name)
+    kinds = config_fields()[key].metadata["kind"]
+    return kinds is None or kind.name in ((kinds,) if isinstance(kinds, str) else kinds)
 
 
 def check_key(key: str, kind) -> None:
@@ -104,7 +113,9 @@ def check_key(key: str, kind) -> None:
         raise ValueError(f"unknown config key {key!r}{did_you_mean(key, known)} "
                          "(python train.py --show-config lists every key and what it does)")
     if not applies(key, kind):
-        raise ValueError(f"config key {key!r} is for {known[key].metadata['kind']} tasks; this task is {kind.name}")
+        kinds = known[key].metadata["kind"]
+        raise ValueError(f"config key {key!r} is for {kinds if isinstance(kinds, str) else ' and '.join(kinds)} tasks; "
+                         f"this task is {kind.name}")
 
 
 def coerce(key: str, value, kind):
@@ -149,6 +160,7 @@ def build_config(task, yaml_file: str | Path | None = None, overrides: dict | No
             raise ValueError(f"{where}: {e}" if where else str(e)) from None
     if not cfg.data_license:
         cfg.data_license = str(task.data.get("license", ""))
+    task.kind.check_config(cfg)
     return cfg
 
 

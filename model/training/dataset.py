@@ -1,8 +1,10 @@
 """Training data: the decoded-image cache, the epoch sampler, and the CPU augmentation pipeline.
 
-Each image is decoded once: frame cropped, kept at ``cache_scale * img_size`` for training (room for
-scale and shift augmentation) and at exactly ``img_size`` for validation, the very array that ``run.py``
-would feed the model, so out-of-fold probabilities match test-time ones. The cache is two contiguous
+Each image is decoded once: frame cropped (when the task's kind crops it), kept at ``cache_scale *
+img_size`` for training (room for scale and shift augmentation) and at exactly ``img_size`` for
+validation, the very array that ``run.py`` would feed the model, so out-of-fold probabilities match
+test-time ones. A segmentation sample's mask is cached beside its image at both sizes (nearest
+neighbour), and albumentations moves image and mask together. The cache is two contiguous
 uint8 arrays: loader workers share them (fork, copy-on-write), and the device augmentation path uploads
 them to the GPU in one piece (model.training.augment).
 
@@ -25,6 +27,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..images import ImageReadError, border_box, boxes_after_crop, load_rgb, resize_square
+from ..masks import MaskError, load_mask, resize_mask
 from ..readers import Sample
 
 
@@ -33,61 +36,77 @@ class CachedImage:
     train: np.ndarray   # (S, S, 3) uint8, S = cache size
     eval: np.ndarray    # (img_size, img_size, 3) uint8, as at inference
     boxes: np.ndarray   # (n, 4) normalised x0, y0, x1, y1 in the cropped image
+    mask_train: np.ndarray | None = None   # (S, S) uint8 class ids (segmentation)
+    mask_eval: np.ndarray | None = None    # (img_size, img_size)
 
 
 class ImageCache(Sequence):
-    """Every decoded image in two contiguous uint8 arrays; ``cache[i]`` is a CachedImage of views."""
+    """Every decoded image in two contiguous uint8 arrays (and, for segmentation, its mask in two more);
+    ``cache[i]`` is a CachedImage of views."""
 
-    def __init__(self, train: np.ndarray, eval: np.ndarray, boxes: list[np.ndarray]):
+    def __init__(self, train: np.ndarray, eval: np.ndarray, boxes: list[np.ndarray],
+                 masks_train: np.ndarray | None = None, masks_eval: np.ndarray | None = None):
         self.train, self.eval, self.boxes = train, eval, boxes
+        self.masks_train, self.masks_eval = masks_train, masks_eval
 
     def __len__(self) -> int:
         return len(self.train)
 
     def __getitem__(self, i) -> CachedImage:
-        return CachedImage(self.train[i], self.eval[i], self.boxes[i])
+        masks = (None, None) if self.masks_train is None else (self.masks_train[i], self.masks_eval[i])
+        return CachedImage(self.train[i], self.eval[i], self.boxes[i], *masks)
 
     def subset(self, indices) -> "ImageCache":
         indices = np.asarray(indices)
-        return ImageCache(self.train[indices], self.eval[indices], [self.boxes[i] for i in indices])
+        masks = (None, None) if self.masks_train is None else (self.masks_train[indices], self.masks_eval[indices])
+        return ImageCache(self.train[indices], self.eval[indices], [self.boxes[i] for i in indices], *masks)
 
 
 def _decode(job):
-    sample, img_size, cache_size = job
+    sample, img_size, cache_size, crop_border, mask_values = job
     try:
         img = load_rgb(sample.path)
-    except ImageReadError as e:
+        mask = load_mask(sample.mask, mask_values) if sample.mask is not None else None
+    except (ImageReadError, MaskError) as e:
         return str(e)
-    x0, y0, x1, y1 = box = border_box(img)
+    x0, y0, x1, y1 = box = border_box(img) if crop_border else (0, 0, img.shape[1], img.shape[0])
     crop = img[y0:y1, x0:x1]
+    masks = () if mask is None else (resize_mask(mask[y0:y1, x0:x1], (cache_size, cache_size)),
+                                     resize_mask(mask[y0:y1, x0:x1], (img_size, img_size)))
     return CachedImage(resize_square(crop, cache_size), resize_square(crop, img_size),
-                       boxes_after_crop(sample.boxes, box, img.shape[:2]))
+                       boxes_after_crop(sample.boxes, box, img.shape[:2]), *masks)
 
 
 def cache_size(img_size: int, cache_scale: float) -> int:
     return max(img_size, round(img_size * cache_scale))
 
 
-def build_cache(samples: list[Sample], img_size: int, cache_scale: float, workers: int = 0) -> tuple[ImageCache, list[str]]:
-    """Decode every image once: (the cache, with black images where a file could not be read; the errors)."""
+def build_cache(samples: list[Sample], img_size: int, cache_scale: float, workers: int = 0, crop_border: bool = True,
+                mask_values: tuple[int, ...] = ()) -> tuple[ImageCache, list[str]]:
+    """Decode every image (and mask) once: (the cache, with black images where a file could not be read;
+    the errors). ``crop_border``: crop the dark frame (the task kind says whether)."""
     size = cache_size(img_size, cache_scale)
-    jobs = [(s, img_size, size) for s in samples]
+    jobs = [(s, img_size, size, crop_border, mask_values) for s in samples]
+    with_masks = any(s.mask is not None for s in samples)
     if workers > 0 and len(jobs) > 8:
         with get_context("fork").Pool(workers) as pool:
             decoded = pool.imap(_decode, jobs, chunksize=8)
-            return _gather(decoded, len(jobs), img_size, size)
-    return _gather(map(_decode, jobs), len(jobs), img_size, size)
+            return _gather(decoded, len(jobs), img_size, size, with_masks)
+    return _gather(map(_decode, jobs), len(jobs), img_size, size, with_masks)
 
 
-def _gather(decoded, n: int, img_size: int, size: int) -> tuple[ImageCache, list[str]]:
+def _gather(decoded, n: int, img_size: int, size: int, with_masks: bool) -> tuple[ImageCache, list[str]]:
     train, evals = np.zeros((n, size, size, 3), np.uint8), np.zeros((n, img_size, img_size, 3), np.uint8)
+    masks = (np.zeros((n, size, size), np.uint8), np.zeros((n, img_size, img_size), np.uint8)) if with_masks else ()
     boxes, errors = [np.zeros((0, 4), np.float32)] * n, []
     for i, item in enumerate(decoded):
         if isinstance(item, str):
             errors.append(item)
             continue
         train[i], evals[i], boxes[i] = item.train, item.eval, item.boxes
-    return ImageCache(train, evals, boxes), errors
+        if with_masks:
+            masks[0][i], masks[1][i] = item.mask_train, item.mask_eval
+    return ImageCache(train, evals, boxes, *masks), errors
 
 
 def epoch_seed(seed: int, fold: int, epoch: int) -> int:
@@ -128,7 +147,7 @@ def build_augmentation(img_size: int, strength: float) -> A.Compose:
     if s > 0:
         transforms += [
             A.Affine(scale=(1 - 0.15 * s, 1 + 0.15 * s), translate_percent=(-0.06 * s, 0.06 * s),
-                     rotate=(-10 * s, 10 * s), border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.7),
+                     rotate=(-10 * s, 10 * s), border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.7),
             A.RandomBrightnessContrast(brightness_limit=0.2 * s, contrast_limit=0.2 * s, p=0.6),
             A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.02 * s, 0.06 * s))],
                     p=min(1.0, 0.3 * s)),
@@ -180,7 +199,8 @@ def box_cutmix(img: np.ndarray, boxes: np.ndarray, donor: CachedImage, rng: np.r
 
 
 class TrainDataset(Dataset):
-    """Augmented training images (uint8 CHW), targets and masks; indexed by the sampler's (seed, index)."""
+    """Augmented training images (uint8 CHW), targets and masks; indexed by the sampler's (seed, index).
+    A segmentation cache's target is the image's mask (int64 HW), moved with the image."""
 
     def __init__(self, cache: ImageCache, targets: np.ndarray, masks: np.ndarray, img_size: int,
                  aug_strength: float, cutmix_p: float):
@@ -203,6 +223,10 @@ class TrainDataset(Dataset):
                 img, lam = mixed
                 target = (1 - lam) * target + lam * self.targets[j]
                 mask = mask * self.masks[j]
+        if self.cache.masks_train is not None:
+            out = self.transform(image=img, mask=self.cache.masks_train[i])
+            return (torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1),
+                    torch.from_numpy(out["mask"].astype(np.int64)), torch.from_numpy(mask))
         img = self.transform(image=img)["image"]
         return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1), torch.from_numpy(target), torch.from_numpy(mask)
 

@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from torch.utils.data import DataLoader
 from ..atomic import atomic_path, write_json
 from ..bundle import save_checkpoint
 from ..device import autocast, resolve_device, resolve_precision, spare_cores
-from ..network import InputNorm, create_network, normalisation
+from ..network import InputNorm, create_network, head_parameters, normalisation
 from .config import TrainConfig
 from .augment import DeviceLoader, fits_on_device
 from .dataset import EpochSampler, EvalDataset, ImageCache, TrainDataset, epoch_seed
@@ -55,7 +54,7 @@ def param_groups(net: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
         for name, p in net.named_parameters():
             (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    head = {id(p) for p in net.get_classifier().parameters()}
+    head = {id(p) for p in head_parameters(net)}
     out = []
     for group in groups:
         for is_head in (True, False):
@@ -76,9 +75,11 @@ def _schedule(total_steps: int, warmup_steps: int):
 
 
 def checkpoint_meta(task, cfg: TrainConfig, fold: int, epoch: int, score: float) -> dict:
+    """What rebuilds and describes a fold's network; never the run's config (it holds machine paths)."""
     mean, std = normalisation(cfg.backbone)
-    return {"task": task.name, "backbone": cfg.backbone, "heads": list(task.heads), "img_size": cfg.img_size,
-            "mean": mean, "std": std, "fold": fold, "epoch": epoch, "score": score, "config": asdict(cfg)}
+    return {"task": task.name, **task.kind.network_spec(cfg, len(task.heads)), "backbone": cfg.backbone,
+            "heads": list(task.heads), "img_size": cfg.img_size, "mean": mean, "std": std, "fold": fold,
+            "epoch": epoch, "score": score}
 
 
 @torch.inference_mode()
@@ -88,8 +89,8 @@ def predict_probs(net, norm, loader, device, precision, kind) -> np.ndarray:
     for images in loader:
         x = norm(images.to(device)).contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
-            out.append(kind.probabilities(net(x).float()).cpu().numpy())
-    return np.concatenate(out).astype(np.float64)
+            out.append(kind.probabilities(net(x).float()).cpu().numpy().astype(kind.prob_dtype))
+    return np.concatenate(out)
 
 
 def validation_score(task, labels: np.ndarray, probs: np.ndarray) -> float:
@@ -112,7 +113,8 @@ class Stepper:
         self.precision = training_precision(device, cfg.precision)
         self.norm = InputNorm(*normalisation(cfg.backbone)).to(device)
         # channels_last on CPU too: lite0 trains at 17 img/s instead of 9 on the 2-core dev CPU (oneDNN).
-        net = create_network(cfg.backbone, len(task.heads), cfg.pretrained, cfg.drop_rate)
+        spec = task.kind.network_spec(cfg, len(task.heads))
+        net = create_network(cfg.backbone, spec["outputs"], cfg.pretrained, cfg.drop_rate, spec["architecture"])
         if head is not None:
             from .probe import set_head
             set_head(net, *head)

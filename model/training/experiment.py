@@ -32,7 +32,6 @@ from .config import TrainConfig, differing_keys, portable, read_config, save_con
 from .dataset import build_cache
 from .engine import checkpoint_meta, resolve_workers, train_fold, validation_score
 from .folds import FOLDS_DIR, content_hash, duplicate_sets, load_or_make_folds
-from .gallery import write_gallery
 
 log = logging.getLogger("train")
 PROJECT = Path(__file__).resolve().parents[2]
@@ -88,7 +87,8 @@ def prepare_data(task, cfg: TrainConfig, decoders: int = 0):
     Label problems and unreadable images are reported together in one DatasetError, so a user fixes the
     data in one pass."""
     root, result = read_dataset(task, cfg.data)
-    cache, errors = build_cache(result.samples, cfg.img_size, cfg.cache_scale, decoders)
+    cache, errors = build_cache(result.samples, cfg.img_size, cfg.cache_scale, decoders, task.kind.crop_border,
+                                task.mask_values)
     for path in result.unlabelled:  # images whose labels were refused: is the image itself readable?
         try:
             load_rgb(path)
@@ -135,7 +135,8 @@ def assign_folds(task, cfg: TrainConfig, samples, hashes, run_dir: Path) -> np.n
     """Fold ids from the dataset's folds file (made now if absent), copied into RUN_DIR/samples.csv."""
     fold_ids = load_or_make_folds(task, samples, hashes, cfg.dataset, cfg.n_folds, cfg.seed,
                                   Path(cfg.folds_dir) if cfg.folds_dir else FOLDS_DIR)
-    frame = pd.DataFrame({"key": [s.key for s in samples], "fold": fold_ids})
+    frame = pd.DataFrame({"key": [s.key for s in samples], "fold": fold_ids,
+                          "group": [s.group if s.group is not None else "" for s in samples]})
     for j, column in enumerate(task.kind.label_columns(task.heads)):
         frame[column] = [s.labels[j] for s in samples]
     with atomic_path(run_dir / "samples.csv") as tmp:
@@ -186,9 +187,10 @@ def train(task, cfg: TrainConfig, report=None) -> dict:
             log.info("%s: %d images from %s, folds %s, run folder %s", task.name, len(samples), root,
                      ",".join(map(str, folds)), run_dir)
             fold_ids = assign_folds(task, cfg, samples, hashes, run_dir)
-            labels = np.array([s.labels for s in samples])
+            labels = task.kind.truth(samples, cache)
+            task.kind.save_truth(run_dir, labels)
             targets, masks = task.kind.encode(labels, len(task.heads))
-            heads = run_probe(task, cfg, cache, hashes, labels, targets, masks, fold_ids, run_dir, device)
+            heads = task.kind.run_baseline(task, cfg, cache, hashes, labels, targets, masks, fold_ids, run_dir, device)
             for fold in folds if cfg.recipe == "finetune" else ():
                 train_fold(task, cfg, cache, targets, masks, labels, fold_ids, fold, run_dir,
                            report=(lambda epoch, score, f=fold: report(f, epoch, score)) if report else None,
@@ -196,8 +198,8 @@ def train(task, cfg: TrainConfig, report=None) -> dict:
             metrics = summarise(run_dir)
             if not metrics["folds_missing"]:
                 _, frame, probs, _ = gather_oof(run_dir)
-                write_gallery(run_dir, task, cache.eval, labels, probs, fold_ids,
-                              metrics["rule"], *normalisation(cfg.backbone))
+                task.kind.draw_gallery(run_dir, task, labels, probs, fold_ids, metrics["rule"], cache.eval,
+                                       *normalisation(cfg.backbone))
     except BaseException as e:
         _mark_failed(run_dir, created, e)
         raise
@@ -224,22 +226,27 @@ def read_run(run_dir: str | Path):
     return task, pd.read_csv(run_dir / "samples.csv", dtype={"key": str}, keep_default_na=False)
 
 
-def _labels_of(task, frame: pd.DataFrame) -> np.ndarray:
-    """(N, label columns) labels of a run's samples.csv."""
-    return frame[task.kind.label_columns(task.heads)].to_numpy()
-
-
 def gather_oof(run_dir: Path):
-    """(task, samples frame, OOF probabilities with NaN rows for unfinished folds, finished folds' summaries)."""
+    """(task, samples frame, OOF probabilities with NaN rows for unfinished folds, finished folds' summaries).
+    The probabilities are (N, heads) for a classification task, (N, classes, H, W) maps for segmentation."""
     task, frame = read_run(run_dir)
     n_folds = int(frame["fold"].max()) + 1
-    probs = np.full((len(frame), len(task.heads)), np.nan)
-    per_fold = []
+    probs, per_fold = None, []
     for k in range(n_folds):
         if (run_dir / f"fold{k}" / "done.json").is_file():
-            probs[frame["fold"].to_numpy() == k] = np.load(run_dir / f"fold{k}" / "oof.npy")
+            fold = np.load(run_dir / f"fold{k}" / "oof.npy")
+            if probs is None:
+                probs = np.full((len(frame), *fold.shape[1:]), np.nan, dtype=task.kind.prob_dtype)
+            probs[frame["fold"].to_numpy() == k] = fold
             per_fold.append(json.loads((run_dir / f"fold{k}" / "done.json").read_text()))
+    if probs is None:
+        probs = np.full((len(frame), len(task.heads)), np.nan)
     return task, frame, probs, per_fold
+
+
+def covered_rows(probs: np.ndarray) -> np.ndarray:
+    """The images whose fold is finished (their OOF probabilities are not NaN)."""
+    return ~np.isnan(probs.reshape(len(probs), -1)[:, 0])
 
 
 def summarise(run_dir: str | Path) -> dict:
@@ -250,32 +257,36 @@ def summarise(run_dir: str | Path) -> dict:
     missing = [k for k in range(int(frame["fold"].max()) + 1) if k not in done]
     if not done:
         raise ValueError(f"{run_dir}: no finished fold yet; train first")
-    covered = ~np.isnan(probs[:, 0])
-    labels, oof = _labels_of(task, frame)[covered], probs[covered]
+    covered = covered_rows(probs)
+    labels, oof = task.kind.load_truth(run_dir, frame, task)[covered], probs[covered]
     rule, rule_report = tune_rule(task, oof, labels)
     metrics = {"task": task.name, "metric": task.metric, "folds_done": done, "folds_missing": missing,
                "n_oof": int(covered.sum()), "n_images": len(frame), "per_fold": per_fold,
                "oof_default_rule": _scores(task, labels, oof, task.neutral_rule()),
                "oof_tuned_rule": _scores(task, labels, oof, rule), "rule": rule, "rule_report": rule_report}
     if (run_dir / "probe" / "oof.npy").is_file():
-        metrics["probe"] = _probe_scores(task, np.load(run_dir / "probe" / "oof.npy")[covered], labels,
-                                         frame["fold"].to_numpy()[covered])
+        metrics["probe"] = _probe_scores(task, np.load(run_dir / "probe" / "oof.npy")[covered].astype(task.kind.prob_dtype),
+                                         labels, frame["fold"].to_numpy()[covered])
         metrics["gain_over_probe"] = metrics["oof_tuned_rule"]["score"] - metrics["probe"]["oof_tuned_rule"]
     oof_frame = frame[["key", "fold"]].copy()
-    for j, head in enumerate(task.heads):
-        oof_frame[f"p_{head}"] = probs[:, j]
+    for column, values in task.kind.oof_columns(task, probs).items():
+        oof_frame[column] = values
     with atomic_path(run_dir / "oof.csv") as tmp:
         oof_frame.to_csv(tmp, index=False)
     write_json(run_dir / "metrics.json", metrics)
-    from .plots import plot_confusion, plot_curves
+    from .plots import plot_curves
     plot_curves(run_dir, task, done)
-    plot_confusion(run_dir / "confusion.png", task, labels, task.decide(oof, rule), metrics["oof_tuned_rule"]["score"])
+    task.kind.plot_oof(run_dir, task, labels, oof, rule, frame["fold"].to_numpy()[covered],
+                       metrics["oof_tuned_rule"]["score"])
     if missing:
         log.warning("%s: folds %s are not finished; OOF covers %d of %d images", run_dir, missing,
                     covered.sum(), len(frame))
-    log.info("%s OOF %s: %.4f with the neutral rule, %.4f with the rule kept (%s: %s)", task.name, task.metric,
-             metrics["oof_default_rule"]["score"], metrics["oof_tuned_rule"]["score"],
-             "tuned" if rule_report["adopted"] else "neutral", rule_report["why"])
+    if rule_report["adopted"]:
+        log.info("%s OOF %s: %.4f with the neutral rule, %.4f with the tuned rule, kept (%s)", task.name, task.metric,
+                 metrics["oof_default_rule"]["score"], metrics["oof_tuned_rule"]["score"], rule_report["why"])
+    else:
+        log.info("%s OOF %s: %.4f with the neutral rule, kept (%s)", task.name, task.metric,
+                 metrics["oof_default_rule"]["score"], rule_report["why"])
     if "probe" in metrics:
         log.info("%s OOF %s of the linear probe on the same folds: %.4f (%+.4f for this recipe)", task.name,
                  task.metric, metrics["probe"]["oof_tuned_rule"], metrics["gain_over_probe"])
@@ -313,7 +324,7 @@ def export(run_dir: str | Path, out: str | Path | None = None, folds: list[int] 
         raise ValueError(f"{run_dir}: folds {unfinished} are not finished; finished: {metrics['folds_done']}")
     checkpoints = [load_checkpoint(run_dir / f"fold{k}" / "best.pt") for k in chosen]
     cfg = read_config(run_dir / "config.yaml", task.kind)
-    labels = _labels_of(task, frame)
+    labels = task.kind.load_truth(run_dir, frame, task)
     recipe = {k: v for k, v in portable(cfg, task.kind).items() if k not in ("backbone", "img_size")}  # those live in network
     manifest = {
         "task": task.to_dict(),

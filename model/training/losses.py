@@ -1,4 +1,4 @@
-"""The two losses, one per task kind (model.kinds picks the one a task needs).
+"""The losses, one per task kind (model.kinds picks the one a task needs).
 
 Single-label: cross-entropy on soft (CutMix-mixed) targets with label smoothing and optional class weights
 1/sqrt(count), a milder correction than 1/count, which over-predicts the rarest class on a few hundred
@@ -12,6 +12,10 @@ unweighted loss neglects; a balanced one (calcification, 48%) gets less. Unknown
 every term. With task_weighting=uncertainty each label also gets a learned log-variance s_j (Kendall, Gal
 and Cipolla, 2018): its term becomes exp(-s_j) * L_j + s_j / 2, so the network itself down-weights the
 labels it finds noisiest.
+
+Segmentation: segmentation-models-pytorch's Dice loss (over the whole batch, so the many empty slices of a
+volume do not each count as a perfect or a failed Dice) plus its BCE (one class) or cross-entropy
+(background and several classes), as nnU-Net and most Kaggle segmentation solutions combine them.
 """
 from __future__ import annotations
 
@@ -68,3 +72,23 @@ class MaskedMultiLabelLoss(nn.Module):
             has_positive = (y.sum(0) > 0).float()  # F1 is undefined for a label with no positive here
             loss = loss + self.soft_f1_weight * (self.weights * has_positive * (1 - soft_f1)).sum() / self.weights.sum()
         return loss
+
+
+class SegmentationLoss(nn.Module):
+    """Dice + BCE (one class: one logit map) or Dice + cross-entropy (C classes: C + 1 maps, background
+    first); targets are (B, H, W) class ids."""
+
+    def __init__(self, n_classes: int, dice_weight: float, smoothing: float = 0.0):
+        super().__init__()
+        from segmentation_models_pytorch import losses
+        self.binary, self.dice_weight = n_classes == 1, dice_weight
+        mode = losses.BINARY_MODE if self.binary else losses.MULTICLASS_MODE
+        self.dice = losses.DiceLoss(mode, from_logits=True)
+        self.pixel = losses.SoftBCEWithLogitsLoss(smooth_factor=smoothing or None) if self.binary \
+            else losses.SoftCrossEntropyLoss(smooth_factor=smoothing)
+
+    def forward(self, logits, targets, masks=None):
+        if self.binary:
+            truth = targets.unsqueeze(1).float()
+            return self.pixel(logits, truth) + self.dice_weight * self.dice(logits, truth)
+        return self.pixel(logits, targets.long()) + self.dice_weight * self.dice(logits, targets.long())

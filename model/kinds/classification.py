@@ -1,26 +1,82 @@
 """The two kinds of classification task: single-label (one class per image) and multi-label (several
 yes/no labels per image, some of them unknown).
 
-One object per kind decides everything that differs between them: probabilities from logits, labels from
-probabilities (the decision rule and its neutral value), training targets and the loss, the metric and its
-parts, fold stratification, the class prior, the CSV values and the confusion panels. The rest of the
-code asks the task's kind and never branches on it.
+``Classification`` holds what both share (one probability per head, a CSV of one row per image, scoring
+that CSV, confusion matrices and the error gallery); each subclass decides what differs: probabilities
+from logits, labels from probabilities (the decision rule and its neutral value), training targets and the
+loss, the metric and its parts, fold stratification, the class prior and the CSV values.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from .metric import UNKNOWN, binary_auc, binary_rates, multi_label_scores, single_label_scores
+from ..metric import METRICS, UNKNOWN, binary_auc, binary_rates, multi_label_scores, single_label_scores
+from .base import Kind
 
 
-class SingleLabel:
+class Classification(Kind):
+    """One probability per head and image; one CSV row per image."""
+
+    metrics = METRICS
+    default_metric = "competition"
+    rule_key = ""
+    neutral_value = 0.0
+
+    @property
+    def rule_grid(self) -> dict:
+        return {self.rule_key: self.grid}
+
+    def neutral_rule(self, n_heads: int) -> dict:
+        return {self.rule_key: [self.neutral_value] * n_heads}
+
+    def write_outputs(self, task, out_dir: Path, images, prediction, rule: dict, id_mode: str | None = None) -> Path:
+        """The task's CSV in ``out_dir``, one row per image, labels from ``rule``."""
+        from ..predict import write_predictions
+        path = Path(out_dir) / task.output.file
+        write_predictions(path, task, images, self.decide(prediction.probs, rule), prediction.probs, id_mode)
+        return path
+
+    def validate_output(self, path: Path, task, images) -> list[str]:
+        """What run.py --check finds wrong with a written CSV (header, ids in order, allowed values)."""
+        from ..check import validate_csv
+        return validate_csv(path, task, images)
+
+    def score_outputs(self, task, pred_dir: Path, gt_dir: Path):
+        """model.score's result for this task, or None when ``gt_dir`` holds no ground truth for it."""
+        from ..score import score_csv_task
+        return score_csv_task(task, pred_dir, gt_dir)
+
+    def plot_oof(self, run_dir: Path, task, truth, probs, rule: dict, fold_ids, score: float) -> None:
+        """confusion.png: the OOF confusion matrices with the rule kept."""
+        from ..training.plots import plot_confusion
+        plot_confusion(run_dir / "confusion.png", task, truth, self.decide(probs, rule), score)
+
+    def draw_gallery(self, run_dir: Path, task, truth, probs, fold_ids, rule: dict, images, mean, std) -> None:
+        """errors.png: the most confident OOF mistakes, with Grad-CAM."""
+        from ..training.gallery import write_gallery
+        write_gallery(run_dir, task, images, truth, probs, fold_ids, rule, mean, std)
+
+    def probe_advice(self, task, cfg) -> str:
+        """What to do when the probe beat the fine-tuned recipe."""
+        return (f"train the probe as the model (python train.py --task {task.source} --data {cfg.data or 'DIR'} "
+                f"--set recipe=probe --out {cfg.out}-probe), then export that run folder")
+
+    def run_baseline(self, task, cfg, cache, hashes, labels, targets, masks, fold_ids, run_dir: Path, device) -> dict:
+        """The linear probe on the run's folds (model.training.experiment.run_probe); its heads per fold."""
+        from ..training.experiment import run_probe
+        return run_probe(task, cfg, cache, hashes, labels, targets, masks, fold_ids, run_dir, device)
+
+
+class SingleLabel(Classification):
     """Softmax over the classes; the decision rule adds one offset per class to the log-probabilities."""
 
     name = "single-label"
     heads_key, min_heads = "classes", 2       # what a task file lists, and how many at least
     rule_key = "logit_offsets"
     neutral_value = 0.0
-    rule_grid = np.round(np.arange(-3.0, 3.0001, 0.1), 1)
+    grid = np.round(np.arange(-3.0, 3.0001, 0.1), 1)
     output_values = ("labels", "names", "probabilities")
     config_keys = frozenset({"imbalance"})       # recipe keys that only this kind reads
     defaults = {"imbalance": "weights"}
@@ -35,9 +91,6 @@ class SingleLabel:
     def output_columns(self, heads, values: str) -> list[str]:
         """The default label columns of the output CSV: one class column, or one probability per class."""
         return list(heads) if values == "probabilities" else ["label"]
-
-    def neutral_rule(self, n_heads: int) -> dict:
-        return {self.rule_key: [self.neutral_value] * n_heads}
 
     def decide(self, probs: np.ndarray, rule: dict | None = None) -> np.ndarray:
         """(N,) class ids: argmax of log-probability plus each class's offset."""
@@ -121,25 +174,25 @@ class SingleLabel:
         return [(task.title, np.asarray(labels).reshape(-1), np.asarray(predicted), list(task.heads))]
 
     def make_loss(self, cfg, targets: np.ndarray, masks: np.ndarray):
-        from .training.losses import SoftTargetCrossEntropy, inverse_sqrt_frequency
+        from ..training.losses import SoftTargetCrossEntropy, inverse_sqrt_frequency
         weights = inverse_sqrt_frequency(targets) if cfg.imbalance in ("weights", "both") else None
         return SoftTargetCrossEntropy(cfg.label_smoothing, weights, targets.shape[1])
 
     def sample_weights(self, cfg, targets: np.ndarray) -> np.ndarray | None:
         if cfg.imbalance not in ("sampler", "both"):
             return None
-        from .training.losses import inverse_sqrt_frequency
+        from ..training.losses import inverse_sqrt_frequency
         return targets @ inverse_sqrt_frequency(targets)
 
 
-class MultiLabel:
+class MultiLabel(Classification):
     """One sigmoid per label; the decision rule is one probability threshold per label."""
 
     name = "multi-label"
     heads_key, min_heads = "labels", 1
     rule_key = "thresholds"
     neutral_value = 0.5
-    rule_grid = np.round(np.arange(0.02, 0.9801, 0.01), 2)
+    grid = np.round(np.arange(0.02, 0.9801, 0.01), 2)
     output_values = ("labels", "probabilities")
     config_keys = frozenset({"label_weights", "soft_f1_weight", "task_weighting"})
     defaults = {"soft_f1_weight": 0.1}
@@ -153,9 +206,6 @@ class MultiLabel:
 
     def output_columns(self, heads, values: str) -> list[str]:
         return list(heads)
-
-    def neutral_rule(self, n_heads: int) -> dict:
-        return {self.rule_key: [self.neutral_value] * n_heads}
 
     def decide(self, probs: np.ndarray, rule: dict | None = None) -> np.ndarray:
         """(N, labels) 0/1: each label's probability against its threshold."""
@@ -194,7 +244,7 @@ class MultiLabel:
         Unknown labels stratify as negatives: every image still gets a fold."""
         targets = np.where(np.asarray(labels) == UNKNOWN, 0, labels)
         if groups is not None:
-            from .training.folds import grouped_multilabel_split
+            from ..training.folds import grouped_multilabel_split
             return grouped_multilabel_split(targets, groups, n_folds, seed)
         from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
         if len(targets) < n_folds:
@@ -241,7 +291,7 @@ class MultiLabel:
         return panels
 
     def make_loss(self, cfg, targets: np.ndarray, masks: np.ndarray):
-        from .training.losses import MaskedMultiLabelLoss, auto_label_weights
+        from ..training.losses import MaskedMultiLabelLoss, auto_label_weights
         if cfg.label_weights == ["auto"]:
             weights = auto_label_weights(targets, masks)
         elif len(cfg.label_weights) == targets.shape[1]:
@@ -270,6 +320,3 @@ def _parse_numbers(column_values: dict[str, list[str]], columns, problems: list[
         out.append(values)
     return np.array(out, dtype=np.float64).T.reshape(-1, len(columns))
 
-
-SINGLE_LABEL, MULTI_LABEL = SingleLabel(), MultiLabel()
-KINDS = {kind.name: kind for kind in (SINGLE_LABEL, MULTI_LABEL)}
