@@ -112,3 +112,42 @@ def generic_task(name: str = "lesion", kind: str = "single-label", heads=("benig
     """A task defined in code, as a task file would define it."""
     raw = {"name": name, "kind": kind, ("classes" if kind == "single-label" else "labels"): list(heads), **extra}
     return task_from_dict(raw, f"<test task {name}>")
+
+
+SEG_SIZE = 64  # a segmentation network halves its input five times
+
+
+def seg_task(name: str = "blobs", values: str = "masks", **extra) -> Task:
+    """A one-class segmentation task (mask value 255), as a task file would define it."""
+    raw = {"name": name, "kind": "segmentation", "classes": {"blob": 255}, "output": {"values": values}, **extra}
+    return task_from_dict(raw, f"<test task {name}>")
+
+
+def make_seg_bundle(folder: Path, task: Task, folds: int = 2, seed: int = 0, rule: dict | None = None) -> Path:
+    """A random-init bundle of ``folds`` tiny U-Nets, exported with the real export code."""
+    import torch
+
+    checkpoints = []
+    outputs = 1 if len(task.heads) == 1 else len(task.heads) + 1
+    for fold in range(folds):
+        torch.manual_seed(seed + fold)
+        net = create_network(TEST_BACKBONE, outputs, architecture="Unet")
+        checkpoints.append({"task": task.name, "architecture": "Unet", "outputs": outputs, "backbone": TEST_BACKBONE,
+                            "heads": list(task.heads), "img_size": SEG_SIZE, "mean": [0.5] * 3, "std": [0.5] * 3,
+                            "fold": fold, "epoch": 1, "score": 0.0, "state_dict": net.state_dict()})
+    manifest = {"task": task.to_dict(), "decision": rule or task.neutral_rule(), "prior": [0.5] * len(task.heads),
+                "cv": {}, "trained_on": {"dataset": "generated", "images": 0, "license": "random init (tests)"}}
+    return export_bundle(folder, checkpoints, manifest, replace=True)
+
+
+def make_seg_images(folder: Path, n: int = 6, size=(64, 64), masks: Path | None = None, start: int = 0) -> list[Path]:
+    """``n`` numbered scans with a bright disc (every third one without); their 0/255 masks in ``masks``
+    (named like the scans) when given."""
+    from model.synthetic import fake_scan
+    paths = []
+    for i in range(1, n + 1):
+        image, mask = fake_scan(start + i, size, lesion=i % 3 != 0)
+        paths.append(save_image(folder / f"{i:04d}.png", image))
+        if masks is not None:
+            save_image(masks / f"{i:04d}.png", mask)
+    return paths

@@ -235,6 +235,7 @@ class Segmentation(Kind):
         out, id_mode = task.output, id_mode or task.output.id
         path = Path(out_dir) / out.file
         if out.values == "masks":
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{out.file}.", dir=out_dir))
             try:
                 O.write_mask_folder(staging, images, masks, task.mask_values)

@@ -1,0 +1,255 @@
+"""The segmentation kind: task files, masks and their scores, the decision rule, folds, TTA, bundles, run.py
+and model.score, on tiny generated scans and random-init U-Nets."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import run
+from model import masks as M
+from model.bundle import CHECKPOINT_KEYS, BundleError, load_bundle, make_tta, merge_views, read_manifest, tta_views
+from model.decision import tune_rule
+from model.kinds import SEGMENTATION
+from model.kinds.segmentation import MaskSet
+from model.predict import predict_paths
+from model.score import ScoreError, score_folder
+from model.task import TaskFileError, task_from_dict
+from tests.helpers import SEG_SIZE, make_bundle, make_seg_bundle, make_seg_images, make_test_folder, seg_task
+
+
+def test_a_segmentation_task_maps_each_class_to_its_mask_value():
+    task = task_from_dict({"name": "ct", "kind": "segmentation", "classes": {"oedema": 1, "haemorrhage": 2},
+                           "output": {"values": "rle", "rle_order": "row"}}, "<t>")
+    assert task.heads == ("oedema", "haemorrhage") and task.mask_values == (1, 2)
+    assert task.metric == "dice" and task.output.file == "ct_pre.csv" and task.output.rle_order == "row"
+    assert task_from_dict(task.to_dict(), "<manifest>") == task.__class__(**{**task.__dict__, "source": "<manifest>"})
+    assert seg_task().output.file == "blobs_masks"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"classes": ["lesion"]}, r"classes: a segmentation task maps each class to its mask value"),
+    ({"classes": {"a": 0}}, r"classes: a: 0 is not a mask value from 1 to 65535"),
+    ({"classes": {"a": 1, "b": 1}}, r"two classes share one mask value"),
+    ({"metric": "competition"}, r"a segmentation task is scored by dice, dice_per_image, iou"),
+    ({"output": {"values": "labels"}}, r"a segmentation task writes masks or rle or summary"),
+    ({"output": {"values": "masks", "file": "m.csv"}}, r"a plain folder name"),
+    ({"output": {"values": "rle", "rle_order": "diagonal"}}, r"output.rle_order 'diagonal'"),
+    ({"output": {"values": "masks", "rle_order": "row"}}, r"for values: rle only"),
+])
+def test_a_wrong_segmentation_task_is_refused_with_its_reason(change, message):
+    raw = {"name": "x", "kind": "segmentation", "classes": {"lesion": 255}, **change}
+    with pytest.raises(TaskFileError, match=message):
+        task_from_dict(raw, "<t>")
+
+
+def test_recipe_keys_of_another_kind_are_refused_and_sizes_must_divide_by_32():
+    from model.training.config import build_config
+    task = seg_task()
+    assert build_config(task).architecture == "Unet"
+    with pytest.raises(ValueError, match="config key 'cutmix_p' is for single-label and multi-label tasks"):
+        build_config(task, overrides={"cutmix_p": 0.5})
+    with pytest.raises(ValueError, match="img_size=100: .* a multiple of 32 \\(say 96\\)"):
+        build_config(task, overrides={"img_size": 100})
+
+
+def test_dice_iou_and_the_empty_mask_convention():
+    truth = np.zeros((3, 4, 4), np.uint8)
+    truth[0, :2, :2] = 1                        # image 0: 4 lesion pixels
+    predicted = truth.copy()
+    predicted[0, 0, 0] = 0                      # 3 of them found
+    predicted[2, 3, 3] = 1                      # image 2 is empty but gets one pixel
+    counts = M.pixel_counts(predicted, truth, 1)
+    assert counts[0, 0].tolist() == [3, 0, 1, 12]
+    per_image = M.image_dice(counts)
+    assert per_image.tolist() == pytest.approx([6 / 7, 1.0, 0.0])      # empty truth + empty prediction = 1
+    scores = M.segmentation_scores(counts, groups=np.array(["p1", "p1", "p2"]))
+    assert scores["dice"] == pytest.approx((6 / 7 + 0.0) / 2)          # volumes pool their slices
+    assert scores["dice_per_image"] == pytest.approx(np.mean([6 / 7, 1.0, 0.0]))
+    assert scores["iou"] == pytest.approx(np.mean([3 / 4, 1.0, 0.0]))
+    assert scores["sensitivity"] == pytest.approx(3 / 4)
+    assert scores["specificity"] == pytest.approx(43 / 44)
+
+
+def test_the_rule_removes_small_components_and_picks_the_likeliest_class():
+    probs = np.zeros((2, 20, 20), np.float32)
+    probs[0, 2:10, 2:10] = 0.9                  # a 64-pixel lesion of class 1
+    probs[1, 15, 15] = 0.8                      # a one-pixel speck of class 2
+    mask = M.decide_mask(probs, threshold=0.5, min_area=0.0)
+    assert (mask == 1).sum() == 64 and mask[15, 15] == 2
+    mask = M.decide_mask(probs, threshold=0.5, min_area=2 / 400)
+    assert (mask == 1).sum() == 64 and mask[15, 15] == 0
+    assert M.decide_mask(probs, threshold=0.95, min_area=0.0).sum() == 0
+
+
+def _truth(n=80, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        if i % 2:
+            y, x = rng.integers(4, size - 12, 2)
+            masks[i, y:y + 8, x:x + 8] = 1
+    return MaskSet(masks, [f"p{i // 4}" for i in range(n)])
+
+
+def test_a_threshold_that_holds_up_out_of_fold_is_kept():
+    truth = _truth()
+    rng = np.random.default_rng(1)
+    # An under-confident network: lesions at 0.4, background at 0.1, plus noise.
+    probs = (truth.masks * 0.3 + 0.1 + rng.normal(0, 0.03, truth.masks.shape))[:, None].astype(np.float16)
+    task = seg_task()
+    rule, report = tune_rule(task, probs, truth)
+    assert report["adopted"] and 0.15 <= rule["threshold"][0] <= 0.35, report
+    assert report["held_out_score"] > report["neutral_score"] + 0.5
+
+
+def test_a_rule_is_not_kept_when_the_neutral_one_is_as_good():
+    truth = _truth()
+    probs = truth.masks[:, None].astype(np.float16) * 0.98 + 0.01
+    rule, report = tune_rule(seg_task(), probs, truth)
+    assert not report["adopted"] and rule == SEGMENTATION.neutral_rule(1)
+
+
+def test_folds_keep_each_patient_whole_and_spread_the_lesions():
+    n = 60
+    labels = np.array([[int(i % 3 == 0)] for i in range(n)])
+    groups = np.array([f"p{i // 6}" for i in range(n)])
+    fold = SEGMENTATION.split(labels, groups, 5, seed=0)
+    for g in np.unique(groups):
+        assert len(set(fold[groups == g])) == 1
+    assert sorted(set(fold)) == [0, 1, 2, 3, 4]
+    assert all(labels[fold == k].sum() > 0 for k in range(5))
+    with pytest.raises(ValueError, match="3 groups cannot make 5 folds"):
+        SEGMENTATION.split(labels[:18], groups[:18], 5, seed=0)
+
+
+def test_a_flipped_view_is_flipped_back_before_the_views_are_averaged():
+    images = torch.zeros(2, 3, 8, 8)
+    images[:, :, :, :2] = 1.0                   # something on the left edge only
+    tta = make_tta("hflip")
+    identity = lambda x: x[:, :1]               # a "network" whose mask is its input  # noqa: E731
+    merged = merge_views(SEGMENTATION, tta, identity(tta_views(images, tta)), len(images))
+    torch.testing.assert_close(merged, identity(images))
+    from model.kinds import SINGLE_LABEL
+    scores = torch.tensor([[0.2, 0.8], [0.6, 0.4]])
+    views = torch.cat([scores, scores.flip(1)])  # class probabilities never move with the image
+    torch.testing.assert_close(merge_views(SINGLE_LABEL, tta, views, 2), (scores + scores.flip(1)) / 2)
+
+
+def test_the_manifest_states_what_the_network_outputs(tmp_path):
+    folder = make_seg_bundle(tmp_path / "blobs", seg_task())
+    network = read_manifest(folder)["network"]
+    assert network["architecture"] == "Unet" and network["crop_border"] is False
+    assert network["outputs"]["type"] == "segmentation" and network["outputs"]["channels"] == 1
+    assert network["outputs"]["spatial_shape"] == [SEG_SIZE, SEG_SIZE]
+    assert load_bundle(folder).output_shape == (1, SEG_SIZE, SEG_SIZE)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["network"]["outputs"]["channels"] = 3
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="network.outputs .* does not describe what a segmentation task's network"):
+        read_manifest(folder)
+
+
+def test_bundle_checkpoints_carry_no_machine_path(tmp_path):
+    from tests.helpers import PROJECT
+    folders = [make_seg_bundle(tmp_path / "blobs", seg_task()), *sorted((PROJECT / "model" / "weights").iterdir())]
+    for folder in folders:
+        for path in folder.glob("*.pt"):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            assert set(ckpt) <= {"format", "state_dict", *CHECKPOINT_KEYS}, f"{path}: {sorted(ckpt)}"
+            strings = list(_strings({k: v for k, v in ckpt.items() if k != "state_dict"}))
+            assert not [t for t in strings if t.startswith(("/", "~", "\\")) or ":\\" in t], f"{path}: {strings}"
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(k)
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+
+
+def test_predicted_probabilities_are_maps_and_a_broken_image_gets_an_empty_mask(tmp_path):
+    bundle = load_bundle(make_seg_bundle(tmp_path / "blobs", seg_task()))
+    paths = make_seg_images(tmp_path / "test", n=3, size=(40, 72))
+    (tmp_path / "test" / "0002.png").write_bytes(b"not an image")
+    prediction = predict_paths(bundle, paths, torch.device("cpu"), tta=make_tta("hflip"), progress=False)
+    assert prediction.probs.shape == (3, 1, SEG_SIZE, SEG_SIZE) and prediction.probs.dtype == np.float32
+    assert prediction.shapes[0] == (40, 72) and set(prediction.failed) == {1}
+    assert not prediction.probs[1].any()
+
+
+@pytest.mark.parametrize("values", ["masks", "rle", "summary"])
+def test_run_py_writes_each_output_format_at_each_images_size(tmp_path, values):
+    task = seg_task(values=values, output={"values": values, "id": "filename"} if values == "rle" else {"values": values})
+    make_seg_bundle(tmp_path / "w" / "blobs", task, rule={"threshold": [0.5], "min_area": [0.0]})
+    make_seg_images(tmp_path / "testB", n=4, size=(48, 80))
+    assert run.main(["--weights", str(tmp_path / "w"), "--test-dir", str(tmp_path / "testB"), "--out-dir",
+                     str(tmp_path / "out"), "--quiet"]) == 0
+    out = tmp_path / "out" / task.output.file
+    if values == "masks":
+        written = sorted(p.name for p in out.iterdir())
+        assert written == ["0001.png", "0002.png", "0003.png", "0004.png"]
+        assert M.load_mask(out / "0001.png", (255,)).shape == (48, 80)
+    elif values == "rle":
+        frame = pd.read_csv(out, keep_default_na=False)
+        assert list(frame.columns) == ["img_name", "class", "rle"] and frame["img_name"].tolist()[0] == "0001.png"
+    else:
+        frame = pd.read_csv(out)
+        assert list(frame.columns) == ["id", "p_blob", "area_blob"] and frame["p_blob"].between(0, 1).all()
+    from model.check import check_submission
+    from model.runner import RunOptions
+    from tests.helpers import PROJECT
+    report = check_submission(PROJECT, RunOptions(tmp_path / "testB", tmp_path / "o", tmp_path / "w"), 10, 3)
+    assert not [p for p in report.problems if "blobs" in p or "dry run" in p], report.problems
+
+
+def test_a_classification_and_a_segmentation_bundle_side_by_side_one_broken(tmp_path, capsys):
+    make_bundle(tmp_path / "w" / "cla", "cla")
+    make_seg_bundle(tmp_path / "w" / "blobs", seg_task(test_folder="seg"))
+    test_dir = make_test_folder(tmp_path / "testB", n=3)
+    make_seg_images(test_dir / "seg", n=3)
+    args = ["--weights", str(tmp_path / "w"), "--test-dir", str(test_dir), "--out-dir", str(tmp_path / "out"), "--quiet"]
+    assert run.main(args) == 0
+    assert len(pd.read_csv(tmp_path / "out/cla_pre.csv")) == 3 and len(list((tmp_path / "out/blobs_masks").iterdir())) == 3
+    (tmp_path / "w/blobs/fold0.pt").write_bytes(b"tampered")
+    assert run.main(args) == 1
+    err = capsys.readouterr().err
+    assert "fold0.pt: sha256" in err and "blobs_masks: left by an earlier run; moved to blobs_masks.stale" in err
+    assert (tmp_path / "out/blobs_masks.stale").is_dir() and not (tmp_path / "out/blobs_masks").exists()
+    assert len(pd.read_csv(tmp_path / "out/cla_pre.csv")) == 3
+    shutil.copytree(tmp_path / "w/cla", tmp_path / "w/cla2")        # now cla breaks and blobs is whole again
+    make_seg_bundle(tmp_path / "w" / "blobs", seg_task(test_folder="seg"))
+    (tmp_path / "w/cla/manifest.json").write_text("[" * 100_000)
+    assert run.main(args) == 1
+    assert "nested too deeply" in capsys.readouterr().err
+    assert len(list((tmp_path / "out/blobs_masks").iterdir())) == 3
+
+
+def test_model_score_agrees_with_our_own_dice_on_the_same_masks(tmp_path):
+    task = seg_task(data={"reader": "image-mask-folders", "group_pattern": "^(000[1-3])"})
+    make_seg_images(tmp_path / "gt_images", n=6, masks=tmp_path / "gt")
+    make_seg_images(tmp_path / "pred_images", n=6, masks=tmp_path / "pred" / task.output.file, start=2)
+    (tmp_path / "pred" / task.output.file / "0006.png").unlink()          # one image never predicted
+    report = score_folder(tmp_path / "pred", tmp_path / "gt", [task])   # test_folder ".": the truth is GT_DIR itself
+    scores = report["blobs"]["scores"]
+    truth = [M.load_mask(tmp_path / "gt" / f"{i:04d}.png", (255,)) for i in range(1, 7)]
+    predicted = [M.load_mask(tmp_path / "pred" / task.output.file / f"{i:04d}.png", (255,)) for i in range(1, 6)]
+    predicted.append(np.zeros_like(truth[-1]))
+    counts = M.pixel_counts(np.stack(predicted), np.stack(truth), 1)
+    ours = M.segmentation_scores(counts, np.array(["0001", "0002", "0003", "0004", "0005", "0006"]))
+    assert scores["dice_per_image"] == pytest.approx(ours["dice_per_image"])
+    assert scores["iou"] == pytest.approx(ours["iou"]) and scores["sensitivity"] == pytest.approx(ours["sensitivity"])
+    assert "1 image(s) have no predicted mask (scored as empty): ['0006']" in report["blobs"]["problems"]
+    shutil.rmtree(tmp_path / "pred" / task.output.file)
+    (tmp_path / "pred" / task.output.file).mkdir()
+    with pytest.raises(ScoreError, match="no predicted mask matches a true mask"):
+        score_folder(tmp_path / "pred", tmp_path / "gt", [task])
