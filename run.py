@@ -113,6 +113,8 @@ def main(argv=None) -> int:
     problem = writable_folder(args.out_dir)
     if problem:
         parser.error(problem)
+    if not args.weights.exists():
+        parser.error(f"--weights {args.weights}: not found; pass a bundle folder or a folder of bundles")
     report = run(options)
     for result in report.results:
         if result.csv:

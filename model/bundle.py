@@ -243,7 +243,7 @@ def _upgrade_v2(old: dict, path: Path) -> dict:
     harness-bundle/3 one: a classifier with one output per head, on the frame-cropped input."""
     network = old.get("network")
     try:
-        task = task_from_dict(old.get("task"), f"{path}: task")
+        task = task_from_dict(old.get("task"), f"{path}: task", training=False)
     except TaskFileError as e:
         raise BundleError(f"{e}; re-export the bundle") from e
     if not isinstance(network, dict):
@@ -266,7 +266,7 @@ def validate_manifest(manifest, folder: Path) -> dict:
     if manifest.get("format") != BUNDLE_FORMAT:
         fail(f"format {manifest.get('format')!r} is not {BUNDLE_FORMAT}")
     try:
-        task = task_from_dict(manifest.get("task"), f"{where}: task")
+        task = task_from_dict(manifest.get("task"), f"{where}: task", training=False)
     except TaskFileError as e:
         raise BundleError(f"{e}; re-export the bundle") from e
     n = len(task.heads)
@@ -337,7 +337,7 @@ def load_bundle(folder: str | Path, device: torch.device | str = "cpu", lazy: bo
     """Verify the bundle in ``folder``; read its fold networks now, or on first use when ``lazy``."""
     folder = Path(folder)
     manifest = verify_bundle(folder)
-    task = task_from_dict(manifest["task"], f"{folder / MANIFEST}: task")
+    task = task_from_dict(manifest["task"], f"{folder / MANIFEST}: task", training=False)
     bundle = Bundle(task, folder, manifest, torch.device(device))
     if not lazy:
         bundle.ensemble  # noqa: B018  (reads the checkpoints, so a broken one is reported here)
@@ -387,7 +387,7 @@ def export_bundle(folder: str | Path, checkpoints: list[dict], manifest: dict, r
             save_checkpoint(staging / name, network_from_checkpoint(ckpt), meta, half=True)
             entries.append({"file": name, "fold": ckpt["fold"], "score": ckpt.get("score"),
                             "sha256": sha256(staging / name)})
-        task = task_from_dict(manifest["task"], f"{folder}: task")
+        task = task_from_dict(manifest["task"], f"{folder}: task", training=False)
         network = {"backbone": first["backbone"], "architecture": first.get("architecture", CLASSIFIER),
                    "input_size": first["img_size"], "mean": first["mean"], "std": first["std"],
                    "crop_border": task.kind.crop_border, "outputs": task.kind.output_block(task, first["img_size"])}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 
@@ -101,11 +101,18 @@ def load_rgb(path: str | Path, timeout: float | None = None) -> np.ndarray:
             ImageOps.exif_transpose(im, in_place=True)  # in place: no copy when there is nothing to turn
             rgb = _to_rgb(im)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ImageReadError(f"{path}: cannot decode this image ({e}). Re-export it as PNG or JPEG, "
+        raise ImageReadError(f"{path}: cannot decode this image ({decode_reason(e)}). Re-export it as PNG or JPEG, "
                              "or remove it from the folder.") from e
     if rgb.ndim != 3 or rgb.shape[0] < 2 or rgb.shape[1] < 2:
         raise ImageReadError(f"{path}: image has no usable pixels (shape {rgb.shape}).")
     return rgb
+
+
+def decode_reason(error: Exception) -> str:
+    """Why PIL could not decode a file, without the in-memory buffer PIL names instead of the file."""
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image format PIL can read, or a truncated file"
+    return str(error)
 
 
 def _longest_run(mask: np.ndarray) -> tuple[int, int] | None:

@@ -167,20 +167,22 @@ def _csv_text(rows) -> str:
     return buffer.getvalue()
 
 
-def rle_csv(images, masks, heads, order: str = "column", id_header: str = "id", id_mode: str = "number") -> str:
-    """CSV text ``<id_header>,class,rle``: one row per image and class (the class by its name in
-    ``heads``), an empty rle for a class with no pixel; ids by ``id_mode`` (number: image.id, filename:
-    image.name)."""
+def rle_csv(images, masks, heads, order: str = "column", id_header: str = "id", id_mode: str = "number",
+            columns=("class", "rle")) -> str:
+    """CSV text ``<id_header>,class,rle`` (``columns`` names the last two): one row per image and class (the
+    class by its name in ``heads``), an empty rle for a class with no pixel; ids by ``id_mode`` (number:
+    image.id, filename: image.name)."""
     _flat_order(order)
     _check_masks(images, masks, len(heads))
-    rows = [[id_header, "class", "rle"]]
+    rows = [[id_header, *columns]]
     for image, mask in zip(images, masks):
         key, mask = _image_key(image, id_mode), np.asarray(mask)
         rows += [[key, head, rle_encode(mask == c, order)] for c, head in enumerate(heads, 1)]
     return _csv_text(rows)
 
 
-def summary_csv(images, masks, probs_lesion, heads, id_header: str = "id", id_mode: str = "number") -> str:
+def summary_csv(images, masks, probs_lesion, heads, id_header: str = "id", id_mode: str = "number",
+                columns=None) -> str:
     """CSV text ``<id_header>,p_<class>...,area_<class>...``: per image each class's lesion probability
     (``probs_lesion`` (N, C), 6 decimals) and its predicted area in pixels (the count of its class id in
     the mask, which is at the image's original size)."""
@@ -190,7 +192,7 @@ def summary_csv(images, masks, probs_lesion, heads, id_header: str = "id", id_mo
         raise ValueError(f"probs_lesion should be ({len(images)}, {len(heads)}), got {probs.shape}")
     if not np.isfinite(probs).all() or (probs < 0).any() or (probs > 1).any():
         raise ValueError("probs_lesion should be probabilities in [0, 1]")
-    rows = [[id_header, *(f"p_{h}" for h in heads), *(f"area_{h}" for h in heads)]]
+    rows = [[id_header, *(columns or [*(f"p_{h}" for h in heads), *(f"area_{h}" for h in heads)])]]
     for image, mask, p in zip(images, masks, probs):
         mask = np.asarray(mask)
         areas = [int(np.count_nonzero(mask == c)) for c in range(1, len(heads) + 1)]
@@ -238,7 +240,8 @@ def read_mask_folder(folder: Path, names, values) -> tuple[dict[str, np.ndarray]
     return masks, problems
 
 
-def read_rle_csv(path: Path, shapes: dict, heads, order: str = "column") -> tuple[dict[str, np.ndarray], list[str]]:
+def read_rle_csv(path: Path, shapes: dict, heads, order: str = "column",
+                 columns=("class", "rle")) -> tuple[dict[str, np.ndarray], list[str]]:
     """Class-id masks keyed by the CSV's id value (a string, as ``shapes`` is keyed) from an RLE CSV as
     ``rle_csv`` writes it (the first column the id, then ``class`` and ``rle`` columns); ``shapes`` gives
     each key's (H, W). Problem lines: ids not in ``shapes``, unknown classes, malformed rows and RLE,
@@ -252,9 +255,10 @@ def read_rle_csv(path: Path, shapes: dict, heads, order: str = "column") -> tupl
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise MaskOutputError(f"{path}: cannot read as a UTF-8 CSV ({e})") from e
     header = [c.strip() for c in rows[0]] if rows else []
-    if len(header) < 3 or "class" not in header[1:] or "rle" not in header[1:]:
-        raise MaskOutputError(f"{path}: header {header} should be id,class,rle")
-    at_class, at_rle = header.index("class"), header.index("rle")
+    class_column, rle_column = columns
+    if len(header) < 3 or class_column not in header[1:] or rle_column not in header[1:]:
+        raise MaskOutputError(f"{path}: header {header} should be id,{class_column},{rle_column}")
+    at_class, at_rle = header.index(class_column), header.index(rle_column)
     classes = {h: c for c, h in enumerate(heads, 1)}
     runs: dict[str, dict[int, np.ndarray]] = {}
     seen, unknown_ids, unknown_classes = set(), [], set()

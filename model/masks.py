@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .images import ImageReadError, read_file
+from .images import ImageReadError, decode_reason, read_file
 
 
 class MaskError(ValueError):
@@ -48,7 +48,8 @@ def load_mask(path: str | Path, values: tuple[int, ...]) -> np.ndarray:
             # A 1-bit image reads as 0/255; a palette image as its indices (the VOC convention).
             array = np.asarray(im.convert("L") if im.mode == "1" else im)
     except (OSError, ValueError, SyntaxError, ImageReadError, Image.DecompressionBombError) as e:
-        raise MaskError(f"{path}: cannot read this mask ({e})") from e
+        raise MaskError(f"{path}: cannot read this mask ({decode_reason(e)}); re-save it as a one-channel PNG or "
+                        "TIFF, or remove the image and its mask") from e
     if array.ndim == 3:
         if array.shape[2] in (2, 4):
             array = array[..., : array.shape[2] - 1]  # drop alpha

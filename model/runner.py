@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .bundle import Bundle, BundleError, find_bundles, load_bundle, read_manifest
+from .bundle import Bundle, find_bundles, load_bundle, read_manifest
 from .device import decode_threads, resolve_device, resolve_precision
 from .onnx_backend import select_engine
 from .predict import auto_batch_size, list_test_images, predict_paths

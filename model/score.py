@@ -192,9 +192,11 @@ def score_mask_task(task, pred_dir: Path, gt_dir: Path) -> TaskResult | None:
     if task.output.values == "masks":
         predicted, found = mask_outputs.read_mask_folder(pred, list(truth), task.mask_values)
     elif task.output.values == "rle":
-        shapes = {stem: mask.shape for stem, mask in truth.items()}
-        predicted, found = mask_outputs.read_rle_csv(pred, _rle_keys(task, shapes), task.heads, task.output.rle_order)
-        predicted = {_stem_of(key, shapes): mask for key, mask in predicted.items()}
+        header, rows = _read_csv(pred)
+        lookup = {key: stem for key in {r[0].strip() for r in rows if r} if (stem := _stem_of(key, truth))}
+        predicted, found = mask_outputs.read_rle_csv(pred, {k: truth[s].shape for k, s in lookup.items()}, task.heads,
+                                                     task.output.rle_order, task.output.columns)
+        predicted = {lookup[key]: mask for key, mask in predicted.items()}
     else:
         raise ScoreError(f"{task.name}: output.values is summary, which holds no masks to score; "
                          "score a masks or rle output")
@@ -219,20 +221,14 @@ def score_mask_task(task, pred_dir: Path, gt_dir: Path) -> TaskResult | None:
     return TaskResult(task.name, scores, problems)
 
 
-def _rle_keys(task, shapes: dict) -> dict:
-    """The truth's shapes keyed as an RLE CSV keys its rows: by number, or by file name."""
-    if task.output.id == "filename":
-        return shapes
-    return {str(int(stem)) if stem.isdigit() else stem: shape for stem, shape in shapes.items()}
-
-
-def _stem_of(key: str, shapes: dict) -> str:
-    if key in shapes:
-        return key
-    for stem in shapes:
-        if stem.isdigit() and str(int(stem)) == key or Path(key).stem == stem:
-            return stem
-    return key
+def _stem_of(key: str, truth: dict) -> str | None:
+    """The true mask an RLE row's id names: its stem, its file name (0001.png), or its number (1 for 0001)."""
+    for candidate in (key, Path(key).stem):
+        if candidate in truth:
+            return candidate
+    if key.isdigit():
+        return next((stem for stem in truth if stem.isdigit() and int(stem) == int(key)), None)
+    return None
 
 
 def score_folder(pred_dir: str | Path, gt_dir: str | Path, tasks) -> dict:
@@ -280,7 +276,7 @@ def tasks_from(weights: Path | None, task_files: list[Path]) -> list:
     folders, _ = find_bundles(weights or WEIGHTS_DIR)
     if not folders:
         raise ScoreError(f"{weights or WEIGHTS_DIR}: no bundle to take the tasks from; pass --task FILE")
-    return [task_from_dict(read_manifest(f)["task"], str(f)) for f in folders]
+    return [task_from_dict(read_manifest(f)["task"], str(f), training=False) for f in folders]
 
 
 def main(argv=None) -> int:

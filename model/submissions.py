@@ -78,9 +78,9 @@ def record(name: str, pred_dir: Path, weights: Path = WEIGHTS_DIR, gt_dir: Path 
     if problems:
         raise SubmissionError("; ".join(problems))
     manifests = {f: read_manifest(f) for f in folders}
-    tasks = {f: task_from_dict(m["task"], str(f)) for f, m in manifests.items()}
+    tasks = {f: task_from_dict(m["task"], str(f), training=False) for f, m in manifests.items()}
     csvs = [pred_dir / task.output.file for task in tasks.values()]
-    missing = [str(p) for p in csvs if not p.is_file()]
+    missing = [str(p) for p in csvs if not p.exists()]
     if missing:
         raise SubmissionError(f"missing {', '.join(missing)}: run python run.py first")
     date = (today or dt.date.today()).isoformat()
@@ -88,8 +88,8 @@ def record(name: str, pred_dir: Path, weights: Path = WEIGHTS_DIR, gt_dir: Path 
     staging = root / f".{folder.name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    for csv in csvs:
-        shutil.copy2(csv, staging / csv.name)
+    for output in csvs:  # a CSV, or a segmentation task's folder of masks
+        (shutil.copytree if output.is_dir() else shutil.copy2)(output, staging / output.name)
     oof = {}
     for bundle_folder, task in tasks.items():
         shutil.copy2(bundle_folder / MANIFEST, staging / f"{task.name}_{MANIFEST}")

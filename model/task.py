@@ -100,15 +100,52 @@ class Task:
         return out
 
 
+MAX_TASK_BYTES = 256 * 1024    # a task file is a page of YAML
+MAX_YAML_NODES = 20_000        # values after aliases are expanded: a task file has a few hundred
+MAX_YAML_DEPTH = 32
+
+
+def read_bounded_yaml(path: Path):
+    """The YAML document at ``path``, refused (TaskFileError) when it is too large, nested too deeply, or
+    would expand to too many values through its aliases (a "billion laughs" file of a few hundred bytes
+    expands to gigabytes in yaml.safe_load)."""
+    try:
+        if path.stat().st_size > MAX_TASK_BYTES:
+            raise TaskFileError(f"{path}: {path.stat().st_size} bytes; a task file holds at most {MAX_TASK_BYTES}")
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise TaskFileError(f"{path}: not valid YAML ({e})") from e
+    except RecursionError:
+        raise TaskFileError(f"{path}: nested too deeply for a task file") from None
+    except OSError as e:
+        raise TaskFileError(f"{path}: cannot read the task file ({e.strerror or e})") from e
+    sizes: dict[int, int] = {}
+
+    def expanded(n, depth: int) -> int:
+        if depth > MAX_YAML_DEPTH:
+            raise TaskFileError(f"{path}: nested deeper than {MAX_YAML_DEPTH} levels (or an alias refers to "
+                                "itself); a task file is a few levels deep")
+        if id(n) not in sizes:
+            children = n.value if isinstance(n, yaml.SequenceNode) else \
+                [x for pair in n.value for x in pair] if isinstance(n, yaml.MappingNode) else []
+            sizes[id(n)] = 1 + sum(expanded(c, depth + 1) for c in children)
+            if sizes[id(n)] > MAX_YAML_NODES:
+                raise TaskFileError(f"{path}: expands to more than {MAX_YAML_NODES} values (through YAML aliases?); "
+                                    "write the values out")
+        return sizes[id(n)]
+
+    if node is not None:
+        expanded(node, 0)
+    return yaml.safe_load(text)
+
+
 def load_task(path: str | Path) -> Task:
     """Read and check a task file."""
     path = Path(path)
     if not path.is_file():
         raise TaskFileError(f"{path}: task file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise TaskFileError(f"{path}: not valid YAML ({e})") from e
+    raw = read_bounded_yaml(path)
     task = task_from_dict(raw, str(path))
     root = task.data.get("root")
     if root is not None:
@@ -116,8 +153,10 @@ def load_task(path: str | Path) -> Task:
     return task
 
 
-def task_from_dict(raw, where: str) -> Task:
-    """Check a task definition (from a task file or a manifest) and fill in its defaults."""
+def task_from_dict(raw, where: str, training: bool = True) -> Task:
+    """Check a task definition (from a task file or a manifest) and fill in its defaults. A bundle's task
+    (``training`` False) is not checked against the readers: a bundle never reads training data, and must
+    load even where its data's reader has changed."""
     if not isinstance(raw, dict):
         raise TaskFileError(f"{where}: expected a mapping of task keys ({', '.join(TASK_KEYS)})")
     check_keys(raw, TASK_KEYS, where)
@@ -134,7 +173,7 @@ def task_from_dict(raw, where: str) -> Task:
     heads, mask_values = kind.read_heads(raw.get(kind.heads_key), where)
     positive = raw.get("positive")
     if positive is not None:
-        if kind_name != "single-label" or len(heads) != 2:
+        if not kind.binary_positive or len(heads) != 2:
             raise TaskFileError(f"{where}: positive: applies to single-label tasks of two classes only")
         if positive not in heads:
             raise TaskFileError(f"{where}: positive {positive!r} is not one of the classes {list(heads)}")
@@ -144,7 +183,7 @@ def task_from_dict(raw, where: str) -> Task:
     data = raw.get("data", {})
     if not isinstance(data, dict):
         raise TaskFileError(f"{where}: data: expected a mapping with reader: and its options")
-    if data:
+    if data and training:
         try:
             check_reader_options(data, kind, heads)
         except ValueError as e:

@@ -16,3 +16,8 @@ from tests.helpers import make_weights  # noqa: E402
 def weights(tmp_path_factory):
     """A weights folder with tiny random-init cla and fea bundles (2 folds each)."""
     return make_weights(tmp_path_factory.mktemp("weights"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: an end-to-end test that trains or predicts for real (deselect with "
+                                       "-m 'not slow' for the quick path; CI runs every test)")

@@ -9,6 +9,7 @@ from PIL import Image
 
 import run
 from model.bundle import load_bundle
+from model.kinds import MULTI_LABEL, SINGLE_LABEL
 from model.network import create_network
 from model.training.config import build_config
 from model.training.engine import param_groups
@@ -107,7 +108,7 @@ def test_the_probe_head_equals_a_regression_on_standardised_features():
     features = rng.normal(3, 2, (60, 2, 8))
     labels = (features[:, 0, 0] > 3).astype(int) + (features[:, 0, 1] > 4)
     targets = np.eye(3, dtype=np.float32)[labels]
-    W, b = fit_head("single-label", features, targets, np.ones_like(targets), c=1.0)
+    W, b = fit_head(SINGLE_LABEL, features, targets, np.ones_like(targets), c=1.0)
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
     X = features.reshape(120, 8)
@@ -115,7 +116,7 @@ def test_the_probe_head_equals_a_regression_on_standardised_features():
     reference = LogisticRegression(C=1.0, max_iter=2000).fit(scaler.transform(X), np.repeat(labels, 2))
     ours = head_probs(CLA_TASK.kind.__class__(), W, b, features[:, :1])
     assert np.allclose(ours, reference.predict_proba(scaler.transform(features[:, 0])), atol=1e-4)
-    multi = fit_head("multi-label", features, np.c_[labels == 1, labels == 2].astype(np.float32),
+    multi = fit_head(MULTI_LABEL, features, np.c_[labels == 1, labels == 2].astype(np.float32),
                      np.array([[1, 1]] * 59 + [[0, 1]], np.float32), c=0)   # one unknown label, C by inner CV
     assert multi[0].shape == (2, 8) and np.isfinite(multi[0]).all()
 

@@ -253,3 +253,101 @@ def test_model_score_agrees_with_our_own_dice_on_the_same_masks(tmp_path):
     (tmp_path / "pred" / task.output.file).mkdir()
     with pytest.raises(ScoreError, match="no predicted mask matches a true mask"):
         score_folder(tmp_path / "pred", tmp_path / "gt", [task])
+
+
+def make_patients(root, patients=6, slices=5, size=(64, 64)):
+    """The images/ + masks/ layout (nnU-Net 2D style): P<k>_<n>.png in both, most slices with a lesion."""
+    from model.synthetic import fake_scan
+    from tests.helpers import save_image
+    for p in range(patients):
+        for n in range(slices):
+            image, mask = fake_scan(100 * p + n, size, lesion=n % 4 != 3)
+            save_image(root / "images" / f"P{p}_{n}.png", image)
+            save_image(root / "masks" / f"P{p}_{n}.png", mask)
+    return root
+
+
+NEVER_SEEN = """\
+name: spots
+kind: segmentation
+classes: {spot: 255}
+data: {reader: image-mask-folders, group_pattern: "^(P[0-9]+)_"}
+output: {values: rle, id: filename}
+train: {backbone: test_efficientnet, pretrained: none, img_size: 64, epochs: 2, batch_size: 8, n_folds: 3, workers: 0}
+"""
+
+
+@pytest.mark.slow
+def test_a_never_seen_segmentation_dataset_trains_exports_predicts_and_scores(tmp_path, capsys):
+    from model.score import main as score_main
+    from model.training.cli import main as train_main
+    from tests.helpers import write_task
+    task_file = write_task(tmp_path / "spots.yaml", NEVER_SEEN)
+    data = make_patients(tmp_path / "data")
+    run_dir, bundle = tmp_path / "run", tmp_path / "bundles" / "spots"
+    assert train_main(["--task", str(task_file), "--data", str(data), "--out", str(run_dir),
+                       "--set", f"folds_dir={tmp_path / 'folds'}"]) == 0
+    samples = pd.read_csv(run_dir / "samples.csv", keep_default_na=False)
+    assert samples.groupby("group")["fold"].nunique().max() == 1 and samples["fold"].nunique() == 3
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"dice", "dice_per_image", "iou", "sensitivity", "specificity"} <= set(metrics["oof_tuned_rule"])
+    assert len(metrics["per_fold"]) == 3 and "probe" in metrics and "detection" in metrics["oof_tuned_rule"]
+    for name in ("dice.png", "errors.png", "fold0/curves.png", "masks.npz", "probe/oof.npy"):
+        assert (run_dir / name).is_file(), name
+    assert train_main(["export", str(run_dir), "--out", str(bundle)]) == 0
+    test_dir, gt_dir = tmp_path / "test", tmp_path / "gt"
+    test_dir.mkdir()
+    gt_dir.mkdir()
+    for path in sorted((data / "images").glob("P[45]_*.png")):      # two patients' scans as a test set
+        shutil.copy(path, test_dir / path.name)
+        shutil.copy(data / "masks" / path.name, gt_dir / path.name)
+    assert run.main(["--weights", str(bundle), "--test-dir", str(test_dir), "--out-dir", str(tmp_path / "out"),
+                     "--quiet"]) == 0
+    capsys.readouterr()
+    assert score_main([str(tmp_path / "out"), str(tmp_path / "gt"), "--weights", str(bundle),
+                       "--json", str(tmp_path / "score.json")]) == 0
+    reported = json.loads((tmp_path / "score.json").read_text())["spots"]["scores"]
+    from model import mask_outputs
+    shapes = {p.name: (64, 64) for p in sorted(test_dir.iterdir())}
+    predicted, problems = mask_outputs.read_rle_csv(tmp_path / "out/spots_pre.csv", shapes, ("spot",))
+    assert not problems
+    names = sorted(shapes)
+    counts = M.pixel_counts(np.stack([predicted[n] for n in names]),
+                            np.stack([M.load_mask(tmp_path / "gt" / n, (255,)) for n in names]), 1)
+    ours = M.segmentation_scores(counts, np.array([n.split("_")[0] for n in names]))
+    assert reported["dice"] == pytest.approx(ours["dice"]) and reported["iou"] == pytest.approx(ours["iou"])
+    assert f"dice {ours['dice']:.4f}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_segmentation_search_space_tunes(tmp_path):
+    from model.training.config import build_config
+    from model.training.tune import SPACES, tune
+    from tests.helpers import write_task
+    task = task_from_dict(__import__("yaml").safe_load(NEVER_SEEN), str(write_task(tmp_path / "t.yaml", NEVER_SEEN)))
+    data = make_patients(tmp_path / "data", patients=3, slices=4)
+    base = build_config(task, overrides={"data": str(data), "folds": "0", "epochs": 1, "checkpoint_every": 0,
+                                         "folds_dir": str(tmp_path / "folds")})
+    pinned = {"img_size", "epochs", "architecture"}        # kept small; the rest is searched
+    summary = tune(task, base, 2, None, None, "s", SPACES / "segmentation.yaml", tmp_path / "study", pinned)
+    assert summary["trials"] == {"COMPLETE": 2} and set(summary["best_params"]) == {
+        "lr", "weight_decay", "dice_weight", "aug_strength", "backbone_lr"}
+
+
+def test_prediction_never_imports_the_training_engine_nor_checks_training_data(tmp_path):
+    import subprocess
+    import sys
+    from tests.helpers import PROJECT
+    folder = make_seg_bundle(tmp_path / "w" / "blobs", seg_task(data={"reader": "mask-pairs"}))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["task"]["data"] = {"reader": "a-reader-of-the-future", "its_option": 1}   # not ours: still loads
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    make_seg_images(tmp_path / "testB", n=2)
+    code = ("import sys, run; code = run.main(['--weights', sys.argv[1], '--test-dir', sys.argv[2], '--out-dir', "
+            "sys.argv[3], '--quiet']); print(sorted(m for m in sys.modules if m.startswith('model.training'))); "
+            "sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w"), str(tmp_path / "testB"), str(tmp_path / "o")],
+                          cwd=PROJECT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert len(list((tmp_path / "o" / "blobs_masks").iterdir())) == 2

@@ -35,6 +35,9 @@ class Kind:
     config_keys: frozenset = frozenset()       # recipe keys that only this kind reads
     defaults: dict = {}                        # recipe defaults of this kind
     crop_border = True                         # inputs: crop the dark frame before resizing (model.images)
+    label_layout = ""                          # how a reader finds labels: class (one column of class
+                                               # values), columns (one 0/1/empty column per label) or mask
+    binary_positive = False                    # whether a two-head task names a positive: class
     prob_dtype = np.float64                    # out-of-fold probabilities, as stored
     predict_dtype = np.float64                 # run.py's probabilities
 
@@ -113,6 +116,10 @@ class Kind:
         raise NotImplementedError
 
     # --- training data -----------------------------------------------------------------------------------
+    def head_counts(self, labels: np.ndarray, n_heads: int) -> np.ndarray:
+        """(heads,) how many training images show each head (label 1 of a 0/1 column)."""
+        return (np.asarray(labels).reshape(len(labels), n_heads) == 1).sum(0)
+
     def truth(self, samples, cache):
         """What predictions are scored against: here the readers' labels, (N, label columns)."""
         return np.array([s.labels for s in samples])

@@ -77,6 +77,8 @@ class SingleLabel(Classification):
     rule_key = "logit_offsets"
     neutral_value = 0.0
     grid = np.round(np.arange(-3.0, 3.0001, 0.1), 1)
+    label_layout, binary_positive = "class", True
+    probe_activation = "softmax"
     output_values = ("labels", "names", "probabilities")
     config_keys = frozenset({"imbalance"})       # recipe keys that only this kind reads
     defaults = {"imbalance": "weights"}
@@ -120,6 +122,9 @@ class SingleLabel(Classification):
         """One-hot targets and an all-ones mask."""
         targets = np.eye(n_heads, dtype=np.float32)[np.asarray(labels).reshape(-1)]
         return targets, np.ones_like(targets)
+
+    def head_counts(self, labels: np.ndarray, n_heads: int) -> np.ndarray:
+        return np.bincount(np.asarray(labels).reshape(-1), minlength=n_heads)
 
     def prior(self, labels: np.ndarray, n_heads: int) -> list[float]:
         counts = np.bincount(np.asarray(labels).reshape(-1), minlength=n_heads)
@@ -173,6 +178,16 @@ class SingleLabel(Classification):
     def confusion_panels(self, task, labels, predicted) -> list[tuple[str, np.ndarray, np.ndarray, list[str]]]:
         return [(task.title, np.asarray(labels).reshape(-1), np.asarray(predicted), list(task.heads))]
 
+    def mistakes(self, task, labels, probs, predicted, per_row: int) -> list[tuple[str, list]]:
+        """The error gallery's rows: per true class, its images predicted as another, most confident first."""
+        truth, rows = np.asarray(labels).reshape(-1), []
+        for c, name in enumerate(task.heads):
+            wrong = np.flatnonzero((truth == c) & (predicted != c))
+            wrong = wrong[np.argsort(-probs[wrong, predicted[wrong]])][:per_row]
+            rows.append((f"true {name}", [(i, int(predicted[i]), f"as {task.heads[predicted[i]]} "
+                                                                 f"{probs[i, predicted[i]]:.2f}") for i in wrong]))
+        return rows
+
     def make_loss(self, cfg, targets: np.ndarray, masks: np.ndarray):
         from ..training.losses import SoftTargetCrossEntropy, inverse_sqrt_frequency
         weights = inverse_sqrt_frequency(targets) if cfg.imbalance in ("weights", "both") else None
@@ -193,6 +208,8 @@ class MultiLabel(Classification):
     rule_key = "thresholds"
     neutral_value = 0.5
     grid = np.round(np.arange(0.02, 0.9801, 0.01), 2)
+    label_layout = "columns"
+    probe_activation = "sigmoid"
     output_values = ("labels", "probabilities")
     config_keys = frozenset({"label_weights", "soft_f1_weight", "task_weighting"})
     defaults = {"soft_f1_weight": 0.1}
@@ -281,6 +298,21 @@ class MultiLabel(Classification):
                     values.append(-2)  # wrong whatever the truth; -1 would read as unknown
             columns.append(values)
         return np.array(columns, dtype=np.int64).T.reshape(-1, len(task.output.columns)), None, problems
+
+    def mistakes(self, task, labels, probs, predicted, per_row: int) -> list[tuple[str, list]]:
+        """The error gallery's rows: per label, its most confident false positives and negatives, in turn."""
+        from itertools import zip_longest
+        rows = []
+        for j, name in enumerate(task.heads):
+            known = labels[:, j] != UNKNOWN
+            false_pos = np.flatnonzero(known & (labels[:, j] == 0) & (predicted[:, j] == 1))
+            false_neg = np.flatnonzero(known & (labels[:, j] == 1) & (predicted[:, j] == 0))
+            false_pos = false_pos[np.argsort(-probs[false_pos, j])]
+            false_neg = false_neg[np.argsort(probs[false_neg, j])]
+            picked = [i for pair in zip_longest(false_pos, false_neg) for i in pair if i is not None][:per_row]
+            rows.append((name, [(i, j, f"{'false +' if labels[i, j] == 0 else 'false -'} p={probs[i, j]:.2f}")
+                                for i in picked]))
+        return rows
 
     def confusion_panels(self, task, labels, predicted) -> list[tuple[str, np.ndarray, np.ndarray, list[str]]]:
         labels = np.asarray(labels)

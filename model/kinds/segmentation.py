@@ -48,6 +48,7 @@ class Segmentation(Kind):
     config_keys = frozenset({"architecture", "dice_weight"})
     defaults = {"label_smoothing": 0.0, "img_size": 256, "lr": 1e-3, "epochs": 20}
     crop_border = False        # the mask must map back onto the original pixels
+    label_layout = "mask"
     prob_dtype = np.float16    # OOF maps: 781 LGG slices at 256 px are 100 MB in float16
     predict_dtype = np.float32
     rule_grid = {"threshold": np.round(np.arange(0.1, 0.9001, 0.05), 2),
@@ -246,10 +247,10 @@ class Segmentation(Kind):
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         elif out.values == "rle":
-            write_text(path, O.rle_csv(images, masks, task.heads, out.rle_order, out.id_header, id_mode))
+            write_text(path, O.rle_csv(images, masks, task.heads, out.rle_order, out.id_header, id_mode, out.columns))
         else:
             write_text(path, O.summary_csv(images, masks, np.array(peaks).reshape(len(masks), -1), task.heads,
-                                           out.id_header, id_mode))
+                                           out.id_header, id_mode, out.columns))
         return path
 
     def validate_output(self, path: Path, task, images) -> list[str]:
@@ -272,7 +273,7 @@ class Segmentation(Kind):
             if task.output.values == "masks":
                 found, problems = O.read_mask_folder(path, list(shapes), task.mask_values)
             else:
-                found, problems = O.read_rle_csv(path, shapes, task.heads, task.output.rle_order)
+                found, problems = O.read_rle_csv(path, shapes, task.heads, task.output.rle_order, task.output.columns)
         except ValueError as e:
             return [str(e)]
         problems += [f"{path}: no mask for {key}" for key in shapes if key not in found]

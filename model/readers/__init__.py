@@ -38,7 +38,12 @@ __all__ = ["READERS", "DatasetError", "ReadResult", "Reader", "Sample", "check_r
 
 def check_reader_options(data: dict, kind, heads) -> None:
     name = data.get("reader")
-    if name not in READERS:
+    if "reader" not in data:
+        from ..keys import did_you_mean
+        hints = [did_you_mean(str(key), ["reader"]) for key in data]
+        hint = next((f"; {h.removeprefix('; ')} (not {key!r})" for key, h in zip(data, hints) if h), "")
+        raise ValueError(f"reader: required, one of {', '.join(READERS)}{hint}")
+    if not isinstance(name, str) or name not in READERS:
         raise ValueError(f"reader {name!r}: choose one of {', '.join(READERS)}")
     READERS[name].check(data, kind, heads)
 

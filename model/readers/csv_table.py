@@ -28,6 +28,7 @@ size is not its image's.
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 from PIL import Image
@@ -48,7 +49,7 @@ class CsvTable(Reader):
     def __init__(self, task):
         super().__init__(task)
         # A segmentation task's row gives a mask instead of labels and boxes: read by _mask_row.
-        self.reads_masks = task.kind.name == "segmentation"
+        self.reads_masks = task.kind.label_layout == "mask"
 
     @classmethod
     def check_options(cls, opts: dict, heads) -> None:
@@ -61,7 +62,7 @@ class CsvTable(Reader):
 
     @property
     def label_columns(self) -> list[str]:
-        if self.task.kind.name == "single-label":
+        if self.task.kind.label_layout == "class":
             return [self.opts["label_column"]]
         return [str(c) for c in (self.opts["label_columns"] or self.task.heads)]
 
@@ -152,7 +153,7 @@ class CsvTable(Reader):
         return image
 
     def _labels(self, row, where: str, problems: list[str]) -> tuple[int, ...]:
-        if self.task.kind.name == "single-label":
+        if self.task.kind.label_layout == "class":
             column = self.opts["label_column"]
             values = [str(v) for v in (self.opts["class_values"] or self.task.heads)]
             value = (row[column] or "").strip()
@@ -189,10 +190,13 @@ class CsvTable(Reader):
         if not any(values):
             return ()
         try:
-            x0, y0, x1, y1 = (float(v) for v in values)
+            box = [float(v) for v in values]
         except ValueError:
+            box = [math.nan]
+        if not all(math.isfinite(v) for v in box):  # nan and inf parse as floats, and are no pixel
             problems.append(f"{where}: box {values} is not four numbers (pixels x0, y0, x1, y1)")
             return ()
+        x0, y0, x1, y1 = box
         try:
             with Image.open(image) as im:  # reads the header only
                 width, height = im.size

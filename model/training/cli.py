@@ -17,7 +17,7 @@ from .options import add_task_flags, overrides_from, task_of
 def _train_parser(prog: str, default_task: Path | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter, description=(
         "Train a task's k-fold ensemble (finished folds are skipped, an interrupted fold resumes).\n\n"
-        f"  {prog} --data DIR [--task FILE] [--config FILE.yaml] [flags]   train\n"
+        f"  {prog} {'[--task FILE]' if default_task else '--task FILE'} --data DIR [--config FILE.yaml] [flags]   train\n"
         f"  {prog} export RUN_DIR [--out DIR] [--force]                   freeze a run into model/weights/<task>/\n"
         f"  {prog} tune --data DIR --trials N [...]                       Optuna study (see {prog} tune --help)\n\n"
         "Settings come from the recipe defaults, the task file's train: section, --config, flags, then --set.\n"

@@ -77,6 +77,8 @@ class TrainConfig:
     aug_strength: float = opt(1.0, "scales every augmentation's range; 0 turns them off (flips stay)")
     cutmix_p: float = opt(0.3, "probability of box-guided CutMix per image (needs lesion boxes)", kind=CLASSIFICATION)
     cache_scale: float = opt(1.15, "training images are cached at cache_scale * img_size")
+    allow_missing_classes: bool = opt(False, "train even when a class (or label) has no training image; its "
+                                      "scores then mean nothing, so this is an error unless set")
     # kind-specific
     imbalance: str = opt("weights", "class imbalance: none, weights (1/sqrt(frequency) in the loss), sampler "
                          "or both", kind="single-label", choices=("none", "weights", "sampler", "both"))
@@ -185,9 +187,14 @@ def to_yaml(cfg: TrainConfig, kind) -> str:
 
 def read_config(path: str | Path, kind) -> TrainConfig:
     """A run folder's config.yaml (every key written, so no layering)."""
-    loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    return dataclasses.replace(TrainConfig(), **{k: coerce(k, v, kind) for k, v in loaded.items()
-                                                 if applies(k, kind) or k not in config_fields()})
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError("expected a mapping of recipe keys")
+        return dataclasses.replace(TrainConfig(), **{k: coerce(k, v, kind) for k, v in loaded.items()
+                                                     if k not in config_fields() or applies(k, kind)})
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path}: this run's config cannot be used ({e}). Restore it, or train into a new --out") from e
 
 
 def save_config(cfg: TrainConfig, path: str | Path, kind) -> None:

@@ -173,6 +173,25 @@ class Stepper:
         self.scaler.load_state_dict(saved["scaler"])
 
 
+class ResumeError(ValueError):
+    """A resume state that cannot be used; the message says which file to delete."""
+
+
+def read_resume_state(path: Path, step: "Stepper", device: torch.device) -> dict:
+    """The saved state of an interrupted fold, loaded into ``step``; ResumeError for a file that is corrupt,
+    holds code (refused: weights_only), or was saved by another recipe."""
+    try:
+        saved = torch.load(path, map_location=device, weights_only=True)
+        step.load_state_dict(saved)
+        if not isinstance(saved.get("state"), dict) or "epoch" not in saved["state"]:
+            raise KeyError("state")
+        return saved
+    except Exception as e:  # noqa: BLE001  (truncated zip, pickled code, another network: one answer)
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ResumeError(f"{path}: cannot resume from this file ({reason}). Delete it to restart this fold from "
+                          "its first epoch (the other folds are kept)") from e
+
+
 def resolve_augment(cfg: TrainConfig, cache: ImageCache, device: torch.device) -> str:
     """Where images are augmented: as asked, or for auto on a GPU that holds the cache, else on the CPU."""
     if cfg.augment != "auto":
@@ -228,8 +247,7 @@ def train_fold(task, cfg: TrainConfig, cache: ImageCache, targets: np.ndarray, m
 
     state = {"epoch": 0, "step": 0, "selected_score": -1.0, "selected_epoch": 0, "history": []}
     if (fold_dir / "last.pt").is_file():
-        saved = torch.load(fold_dir / "last.pt", map_location=device, weights_only=True)
-        step.load_state_dict(saved)
+        saved = read_resume_state(fold_dir / "last.pt", step, device)
         state = saved["state"]
         step.steps = state["step"]
         log.info("fold %d: resuming after epoch %d", fold, state["epoch"])

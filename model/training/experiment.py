@@ -94,12 +94,20 @@ def prepare_data(task, cfg: TrainConfig, decoders: int = 0):
             load_rgb(path)
         except ImageReadError as e:
             errors.append(str(e))
-    problems = result.problems + errors
+    problems = result.problems + errors + _unusable_names(result.samples)
     if problems:
         raise DatasetError(f"{root}: {len(problems)} problem(s) in the {task.name} training data; fix them and rerun:",
                            problems)
     if not result.samples:
         raise DatasetError(f"{root}: no training images found for {task.name}", [])
+    counts = task.kind.head_counts(np.array([s.labels for s in result.samples]), len(task.heads))
+    empty = [head for head, count in zip(task.heads, counts) if count == 0]
+    if empty and not cfg.allow_missing_classes:
+        raise DatasetError(f"{root}: {task.kind.heads_key} {', '.join(map(repr, empty))} of {task.name} have no "
+                           f"training image ({len(result.samples)} images read). Add images of them, remove them "
+                           f"from the task file's {task.kind.heads_key}:, or train all the same with "
+                           "--set allow_missing_classes=true (their scores then mean nothing)",
+                           [f"{head}: 0 images" for head in empty])
     hashes = [content_hash(s.path) for s in result.samples]
     for indices in duplicate_sets(hashes):
         names = [result.samples[i].key for i in indices]
@@ -107,6 +115,18 @@ def prepare_data(task, cfg: TrainConfig, decoders: int = 0):
         log.warning("byte-identical images %s: kept in one fold%s", ", ".join(names),
                     "; their labels differ, so at least one is wrong: fix it or remove the images" if len(labels) > 1 else "")
     return root, result.samples, cache, hashes
+
+
+def _unusable_names(samples) -> list[str]:
+    """A file name that is not UTF-8 cannot go into samples.csv or a folds file: reported with the rest."""
+    problems = []
+    for sample in samples:
+        try:
+            sample.key.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = sample.key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            problems.append(f"{shown}: file name is not valid UTF-8; rename it")
+    return problems
 
 
 def open_run(task, cfg: TrainConfig) -> tuple[Path, bool]:
@@ -213,7 +233,8 @@ def _mark_failed(run_dir: Path, created: bool, error: BaseException) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
         return
     reason = "interrupted" if isinstance(error, KeyboardInterrupt) else f"{type(error).__name__}: {error}"
-    write_text(run_dir / "FAILED", f"{reason}\nRerun the same command to resume; finished epochs are kept.\n")
+    advice = "Do what it says, then rerun" if isinstance(error, ValueError) else "Rerun"
+    write_text(run_dir / "FAILED", f"{reason}\n{advice} the same command to resume; finished epochs are kept.\n")
 
 
 def read_run(run_dir: str | Path):

@@ -9,16 +9,14 @@ Grad-CAM (Selvaraju et al. 2017): the last feature map weighted by the mean grad
 """
 from __future__ import annotations
 
-from itertools import zip_longest
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..bundle import load_checkpoint, network_from_checkpoint
-from ..metric import UNKNOWN
 from ..network import InputNorm
-from .plots import plt, save_figure
+from .plots import image_grid
 
 PER_ROW = 4
 
@@ -38,26 +36,9 @@ def grad_cam(net, norm: InputNorm, image: np.ndarray, head: int) -> np.ndarray:
 
 
 def pick_mistakes(task, labels: np.ndarray, probs: np.ndarray, predicted: np.ndarray) -> list[tuple[str, list]]:
-    """Per row: (title, [(image index, head to explain, caption), ...]), the most confident first."""
-    rows = []
-    if task.kind.name == "single-label":
-        truth = labels.reshape(-1)
-        for c, name in enumerate(task.heads):
-            wrong = np.flatnonzero((truth == c) & (predicted != c))
-            wrong = wrong[np.argsort(-probs[wrong, predicted[wrong]])][:PER_ROW]
-            rows.append((f"true {name}", [(i, int(predicted[i]), f"as {task.heads[predicted[i]]} "
-                                                                 f"{probs[i, predicted[i]]:.2f}") for i in wrong]))
-        return rows
-    for j, name in enumerate(task.heads):
-        known = labels[:, j] != UNKNOWN
-        false_pos = np.flatnonzero(known & (labels[:, j] == 0) & (predicted[:, j] == 1))
-        false_neg = np.flatnonzero(known & (labels[:, j] == 1) & (predicted[:, j] == 0))
-        false_pos = false_pos[np.argsort(-probs[false_pos, j])]
-        false_neg = false_neg[np.argsort(probs[false_neg, j])]
-        picked = [i for pair in zip_longest(false_pos, false_neg) for i in pair if i is not None][:PER_ROW]
-        rows.append((name, [(i, j, f"{'false +' if labels[i, j] == 0 else 'false -'} p={probs[i, j]:.2f}")
-                            for i in picked]))
-    return rows
+    """Per row: (title, [(image index, head to explain, caption), ...]), the most confident first; the kind
+    says what a mistake is (a wrong class, or a false positive or negative of a label)."""
+    return task.kind.mistakes(task, labels, probs, predicted, PER_ROW)
 
 
 def write_gallery(run_dir: Path, task, images: list[np.ndarray], labels: np.ndarray, probs: np.ndarray,
@@ -67,27 +48,16 @@ def write_gallery(run_dir: Path, task, images: list[np.ndarray], labels: np.ndar
     rows = pick_mistakes(task, labels, probs, predicted)
     norm = InputNorm(mean, std)
     nets: dict[int, torch.nn.Module] = {}
-    fig, axes = plt.subplots(len(rows), PER_ROW, figsize=(2.3 * PER_ROW, 2.5 * len(rows)), squeeze=False,
-                             layout="constrained")
-    for r, (title, picks) in enumerate(rows):
-        for col in range(PER_ROW):
-            ax = axes[r, col]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if col == 0:
-                ax.set_ylabel(title, fontsize=9)
-            if col >= len(picks):
-                ax.set_frame_on(False)
-                if col == 0:
-                    ax.text(0.5, 0.5, "no mistake", ha="center", va="center", fontsize=8)
-                continue
-            index, head, caption = picks[col]
-            fold = int(fold_ids[index])
-            if fold not in nets:
-                nets[fold] = network_from_checkpoint(load_checkpoint(run_dir / f"fold{fold}" / "best.pt"))
-            ax.imshow(images[index])
-            ax.imshow(grad_cam(nets[fold], norm, images[index], head), cmap="jet", alpha=0.35, vmin=0, vmax=1)
-            ax.set_title(caption, fontsize=8)
-    fig.suptitle(f"{task.title}: most confident out-of-fold mistakes, Grad-CAM of the predicted output", fontsize=10)
-    save_figure(fig, run_dir / "errors.png")
+
+    def draw(ax, pick):
+        index, head, caption = pick
+        fold = int(fold_ids[index])
+        if fold not in nets:
+            nets[fold] = network_from_checkpoint(load_checkpoint(run_dir / f"fold{fold}" / "best.pt"))
+        ax.imshow(images[index])
+        ax.imshow(grad_cam(nets[fold], norm, images[index], head), cmap="jet", alpha=0.35, vmin=0, vmax=1)
+        ax.set_title(caption, fontsize=8)
+
+    image_grid(run_dir / "errors.png", rows, draw, f"{task.title}: most confident out-of-fold mistakes, Grad-CAM of "
+               "the predicted output", PER_ROW, empty="no mistake")
     return run_dir / "errors.png"

@@ -12,12 +12,12 @@ FLAG_KEYS = {"data": str, "folds": str, "epochs": int, "img_size": int, "backbon
              "device": str, "workers": int}
 
 
-def add_task_flags(p: argparse.ArgumentParser, default_task: Path | None) -> None:
+def add_task_flags(p: argparse.ArgumentParser, default_task: Path | None, folds_default: str = "all") -> None:
     p.add_argument("--task", type=Path, default=default_task, required=default_task is None,
                    help="the task file (YAML)" + (f"; default {default_task.relative_to(PROJECT)}" if default_task else ""))
     p.add_argument("--config", help="YAML file of recipe keys (e.g. a tuning study's best_config.yaml)")
     p.add_argument("--data", help="training data folder, in the layout the task's reader expects")
-    p.add_argument("--folds", help="folds to train here, e.g. 0,2 (default all)")
+    p.add_argument("--folds", help=f"folds to train here, e.g. 0,2 (default {folds_default})")
     p.add_argument("--epochs", type=int)
     p.add_argument("--img-size", type=int)
     p.add_argument("--backbone", help="any timm model name")

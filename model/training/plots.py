@@ -20,6 +20,28 @@ def save_figure(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def image_grid(path: Path, rows: list, draw, title: str, per_row: int = 4, empty: str = "") -> None:
+    """A grid of images: ``rows`` is [(row title, items)], ``draw(ax, item)`` draws one item; a row with
+    no item says ``empty``."""
+    fig, axes = plt.subplots(len(rows), per_row, figsize=(2.3 * per_row, 2.5 * len(rows)), squeeze=False,
+                             layout="constrained")
+    for r, (row_title, items) in enumerate(rows):
+        for col in range(per_row):
+            ax = axes[r, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                ax.set_ylabel(row_title, fontsize=9)
+            if col < len(items):
+                draw(ax, items[col])
+                continue
+            ax.set_frame_on(False)
+            if col == 0 and empty:
+                ax.text(0.5, 0.5, empty, ha="center", va="center", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    save_figure(fig, path)
+
+
 def plot_curves(run_dir: Path, task, folds: list[int]) -> None:
     """Per fold: training loss, validation score (the best epoch marked) and the learning rate."""
     for k in folds:

@@ -101,7 +101,7 @@ def _regression(X: np.ndarray, y: np.ndarray, images: np.ndarray, c: float):
         return LogisticRegressionCV(Cs=list(C_GRID), cv=splits, scoring="neg_log_loss", max_iter=2000).fit(X, y)
 
 
-def fit_head(kind_name: str, features: np.ndarray, targets: np.ndarray, masks: np.ndarray, c: float):
+def fit_head(kind, features: np.ndarray, targets: np.ndarray, masks: np.ndarray, c: float):
     """(W (heads, D), b (heads,)) of a logistic regression on ``features`` (n, 2, D), in the raw feature
     space: the standardisation is folded in. Multi-label: one regression per label on its known images."""
     n, views, dim = features.shape
@@ -116,7 +116,7 @@ def fit_head(kind_name: str, features: np.ndarray, targets: np.ndarray, masks: n
     Z = (X - mean) / std
     heads = targets.shape[1]
     W, b = np.zeros((heads, dim)), np.zeros(heads)
-    if kind_name == "single-label":
+    if kind.probe_activation == "softmax":
         y = np.repeat(targets.argmax(1), views)
         b[:] = -30.0                                  # a class absent from this fold's training images
         if len(np.unique(y)) < 2:
@@ -161,7 +161,7 @@ def probe_folds(task, cfg: TrainConfig, features: np.ndarray, targets: np.ndarra
     heads = {}
     for fold in np.unique(fold_ids):
         train = fold_ids != fold
-        heads[int(fold)] = fit_head(task.kind.name, features[train], targets[train], masks[train], cfg.probe_c)
+        heads[int(fold)] = fit_head(task.kind, features[train], targets[train], masks[train], cfg.probe_c)
     if saved is not None:
         arrays = {f"{name}{k}": value for k, (W, b) in heads.items() for name, value in (("W", W), ("b", b))}
         with atomic_path(saved) as tmp, open(tmp, "wb") as f:

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from ..masks import image_dice, pixel_counts
-from .plots import plt, save_figure
+from .plots import image_grid, plt, save_figure
 
 PER_ROW = 4
 
@@ -55,21 +55,10 @@ def write_seg_gallery(path: Path, task, truth, predicted: np.ndarray, images: np
     dice = image_dice(pixel_counts(predicted, truth.masks, len(task.heads)))
     has = (truth.masks > 0).reshape(len(truth), -1).any(1) | (predicted > 0).reshape(len(truth), -1).any(1)
     rows = pick_cases(dice, has) or [("no lesion in any image", [])]
-    fig, axes = plt.subplots(len(rows), PER_ROW, figsize=(2.3 * PER_ROW, 2.5 * len(rows)), squeeze=False,
-                             layout="constrained")
-    for r, (title, picks) in enumerate(rows):
-        for col in range(PER_ROW):
-            ax = axes[r, col]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if col == 0:
-                ax.set_ylabel(title, fontsize=9)
-            if col >= len(picks):
-                ax.set_frame_on(False)
-                continue
-            i = picks[col]
-            ax.imshow(_contours(images[i], truth.masks[i], predicted[i]))
-            ax.set_title(f"{truth.groups[i][:18]}: Dice {dice[i]:.2f}", fontsize=7)
-    fig.suptitle(f"{task.title}: out-of-fold cases, true contour green, predicted red", fontsize=10)
-    save_figure(fig, path)
+
+    def draw(ax, i):
+        ax.imshow(_contours(images[i], truth.masks[i], predicted[i]))
+        ax.set_title(f"{truth.groups[i][:18]}: Dice {dice[i]:.2f}", fontsize=7)
+
+    image_grid(path, rows, draw, f"{task.title}: out-of-fold cases, true contour green, predicted red", PER_ROW)
     return path

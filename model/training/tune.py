@@ -234,7 +234,7 @@ def _existing_trials(storage: str, name: str) -> list:
 def main(argv: list[str], default_task: Path | None, prog: str) -> int:
     p = argparse.ArgumentParser(prog=f"{prog} tune", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_task_flags(p, default_task)
+    add_task_flags(p, default_task, folds_default="0")
     p.add_argument("--trials", type=int, default=20, help="trials to run in this process (default 20)")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     p.add_argument("--storage", help="sqlite:///FILE, postgresql://..., or journal:FILE "
