@@ -234,6 +234,8 @@ class Segmentation(Kind):
             masks.append(self.decide(full[None], rule)[0])
             peaks.append(full.reshape(len(full), -1).max(1))
         out, id_mode = task.output, id_mode or task.output.id
+        from ..task import ID_MODES
+        id_header = out.id_header if id_mode == out.id else ID_MODES[id_mode]   # as classification CSVs do
         path = Path(out_dir) / out.file
         if out.values == "masks":
             Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -247,10 +249,10 @@ class Segmentation(Kind):
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         elif out.values == "rle":
-            write_text(path, O.rle_csv(images, masks, task.heads, out.rle_order, out.id_header, id_mode, out.columns))
+            write_text(path, O.rle_csv(images, masks, task.heads, out.rle_order, id_header, id_mode, out.columns))
         else:
             write_text(path, O.summary_csv(images, masks, np.array(peaks).reshape(len(masks), -1), task.heads,
-                                           out.id_header, id_mode, out.columns))
+                                           id_header, id_mode, out.columns))
         return path
 
     def validate_output(self, path: Path, task, images) -> list[str]:
