@@ -31,6 +31,22 @@ def decode_threads(workers: int, device: torch.device) -> int:
     return spare_cores(workers, device, most_on_cpu=4)
 
 
+def device_list(name: str) -> list[str]:
+    """The devices of a comma list, one per job in turn: ``cuda:0,1,2,3`` (or ``cuda:0,cuda:1``) is four
+    GPUs, ``cpu,cpu`` two CPU jobs; a single device is a list of one. Each is checked by resolve_device."""
+    items = [item.strip() for item in str(name).split(",") if item.strip()]
+    if not items:
+        raise DeviceError(f"device {name!r}: use auto, cpu, cuda, cuda:N or a list such as cuda:0,1")
+    out, prefix = [], ""
+    for item in items:
+        if item.isdigit() and prefix == "cuda":
+            item = f"cuda:{item}"
+        prefix = item.split(":")[0]
+        resolve_device(item)
+        out.append(item)
+    return out
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` (the GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``; DeviceError when this machine
     has no such device."""

@@ -30,6 +30,7 @@ def test_default_bundle_is_intact_small_and_attributed():
     assert total <= 40 * 1024 * 1024
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "testA").is_dir(), reason="../shared/data/breast-lesions-usg/testA is absent")
 @pytest.mark.parametrize("backend", ["auto", "torch"])
 def test_default_bundle_gives_the_pinned_csvs_and_score_on_testA(tmp_path, backend):

@@ -110,6 +110,7 @@ def test_workers_and_augmentation_place_follow_the_device(monkeypatch):
     assert resolve_augment(build_config(CLA_TASK, overrides={"augment": "device"}), cache_of(), cpu) == "device"
 
 
+@pytest.mark.slow
 def test_folds_side_by_side_match_one_process(tmp_path, cla_data):
     """--jobs 2 trains the folds in two processes into one run folder; the result is the same as one process
     with the same number of threads per fold (the thread count changes float sums)."""
@@ -130,6 +131,7 @@ def test_folds_side_by_side_match_one_process(tmp_path, cla_data):
     np.testing.assert_allclose(two.filter(like="p_").to_numpy(), one.filter(like="p_").to_numpy(), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_side_by_side_jobs_report_user_errors_as_messages(tmp_path, capsys):
     """No data, or a job that fails, is a one-line error with exit 2, not a traceback."""
     from model.training.cli import main

@@ -229,6 +229,7 @@ def test_any_task_bundle_is_served_with_no_task_code(tmp_path):
     assert (tmp_path / "out/tumour.csv").read_text() == "img_name,label\na 2.jpg,malignant\na 10.jpg,malignant\nb.png,malignant\n"
 
 
+@pytest.mark.slow
 def test_default_paths_are_relative_to_the_project_not_the_cwd(tmp_path, weights):
     project = tmp_path / "submission"
     shutil.copytree(PROJECT / "model", project / "model", ignore=shutil.ignore_patterns("weights", "__pycache__"))

@@ -54,6 +54,7 @@ output: {file: subtypes.csv}
 """
 
 
+@pytest.mark.slow
 def test_a_new_csv_task_trains_grouped_folds_exports_predicts_and_scores(tmp_path):
     data = make_scans(tmp_path / "data", 45)
     task = write_task(tmp_path / "grade.yaml", GRADE + TINY)
@@ -81,6 +82,7 @@ def test_a_new_csv_task_trains_grouped_folds_exports_predicts_and_scores(tmp_pat
     assert report["grade"]["problems"] == [] and 0 <= report["grade"]["scores"]["score"] <= 1
 
 
+@pytest.mark.slow
 def test_two_tasks_over_one_csv_and_a_multi_label_task_with_unknowns(tmp_path, capsys):
     data = make_scans(tmp_path / "data", 30)
     weights = tmp_path / "weights"

@@ -25,6 +25,7 @@ def write_space(tmp_path, space=SPACE):
     return path
 
 
+@pytest.mark.slow
 def test_study_runs_resumes_and_exports_a_config_that_trains(tmp_path):
     data = make_cla_data(tmp_path / "data", per_class=3)
     space, out = write_space(tmp_path), tmp_path / "study"
@@ -92,6 +93,7 @@ def test_a_value_given_on_the_command_line_is_not_searched(tmp_path):
     assert build_config(CLA_TASK, tmp_path / "o/best_config.yaml").epochs == 1
 
 
+@pytest.mark.slow
 def test_trials_side_by_side_share_one_journal(tmp_path, capsys):
     """--jobs 2: two processes run one trial each on one journal study; their samplers differ and the
     parent summarises the study with trials per hour."""

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..cli import guarded
+from ..device import device_list
 from ..task import load_task
 from .config import build_config, describe
 from .options import add_task_flags, overrides_from, task_of
@@ -46,15 +47,25 @@ def _main(argv: list[str], default_task: Path | None, prog: str) -> int:
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
     task = task_of(args)
-    cfg = build_config(task, args.config, {**overrides_from(args), "out": args.out})
+    overrides = {**overrides_from(args), "out": args.out}
+    devices = device_list(overrides["device"]) if overrides.get("device") else []
+    jobs = max(args.jobs, len(devices))                 # a device list: at least one job per device
+    if len(devices) > 1:
+        overrides["device"] = devices[0]                # this process only gathers; each job gets its own
+    cfg = build_config(task, args.config, overrides)
     if args.show_config:
         print(f"# recipe keys for {task.name} ({task.kind.name}); set any with --set KEY=VALUE\n" + describe(cfg, task.kind),
               end="")
         return 0
     from .experiment import train
-    if args.jobs > 1:
-        train_in_jobs(task, cfg, argv, args.jobs)
+    if jobs > 1:
+        from .distributed import launched
+        if launched():
+            parser.error("--jobs runs its own processes; under torchrun, leave --jobs and the device list out")
+        train_in_jobs(task, cfg, argv, jobs, devices)
     metrics = train(task, cfg)  # after --jobs every fold is done: this gathers them
+    if metrics is None:         # a torchrun process other than rank 0: rank 0 reports
+        return 0
     rule = metrics["rule_report"]
     neutral, kept = metrics["oof_default_rule"]["score"], metrics["oof_tuned_rule"]["score"]
     scores = (f"{neutral:.4f} with the neutral rule -> {kept:.4f} with the tuned rule, kept" if rule["adopted"]
@@ -70,23 +81,26 @@ def _main(argv: list[str], default_task: Path | None, prog: str) -> int:
     return 0
 
 
-def train_in_jobs(task, cfg, argv: list[str], jobs: int) -> None:
+def train_in_jobs(task, cfg, argv: list[str], jobs: int, devices: list[str] = ()) -> None:
     """The selected folds in ``jobs`` processes into one run folder; prints folds per hour. Each job gets
-    an equal share of the cores (threads and, with workers -1, loader processes)."""
+    an equal share of the cores (threads and, with workers -1, loader processes), and with ``devices``
+    its own device in turn."""
     from ..readers import locate_dataset
     from .config import selected_folds
     from .experiment import open_run
-    from .parallel import run_jobs, split, strip_option, workers_per_job
+    from .parallel import pin_devices, run_jobs, split, strip_option, workers_per_job
     cfg = dataclasses.replace(cfg)
     cfg.dataset = cfg.dataset or locate_dataset(task, cfg.data)[0].name
     run_dir, _ = open_run(task, cfg)
     shares = split(selected_folds(cfg), jobs)
     workers = workers_per_job(cfg.workers, len(shares))
-    base = ["--task", str(task.source), *strip_option(argv, "--jobs")]
-    seconds = run_jobs([[*base, "--out", str(run_dir), "--folds", ",".join(map(str, share)),
-                         "--set", f"workers={workers}"] for share in shares])
+    base = ["--task", str(task.source), *strip_option(strip_option(argv, "--jobs"), "--device")]
+    argvs = [[*base, "--out", str(run_dir), "--folds", ",".join(map(str, share)), "--set", f"workers={workers}"]
+             for share in shares]
+    seconds = run_jobs(pin_devices(argvs, list(devices) or [cfg.device]))
     folds = sum(len(share) for share in shares)
-    print(f"{folds} folds in {len(shares)} jobs: {seconds / 60:.1f} min, {3600 * folds / seconds:.1f} folds per hour")
+    where = f" on {', '.join(dict.fromkeys(devices))}" if devices else ""
+    print(f"{folds} folds in {len(shares)} jobs{where}: {seconds / 60:.1f} min, {3600 * folds / seconds:.1f} folds per hour")
 
 
 def _export(argv: list[str], default_task: Path | None, prog: str) -> int:

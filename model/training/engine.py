@@ -30,6 +30,7 @@ from ..network import InputNorm, create_network, head_parameters, normalisation
 from .config import TrainConfig
 from .augment import DeviceLoader, fits_on_device
 from .dataset import EpochSampler, EvalDataset, ImageCache, TrainDataset, epoch_seed
+from . import distributed
 from .seeding import seed_everything
 
 log = logging.getLogger(__name__)
@@ -119,8 +120,11 @@ class Stepper:
             from .probe import set_head
             set_head(net, *head)
         self.net = net.to(device).to(memory_format=torch.channels_last)
-        self.step_net = torch.compile(self.net) if cfg.compile else self.net  # the same parameters, compiled kernels
-        self.ema = ModelEmaV3(self.net, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay > 0 else None
+        # The step runs the network through DDP under torchrun (gradients averaged over the processes) and
+        # compiled with --set compile=true: the same parameters either way. Rank 0 alone keeps the EMA.
+        self.step_net = distributed.wrap(torch.compile(self.net) if cfg.compile else self.net, device)
+        keep_ema = cfg.ema_decay > 0 and distributed.is_main()
+        self.ema = ModelEmaV3(self.net, decay=cfg.ema_decay, use_warmup=True) if keep_ema else None
         self.loss_fn = task.kind.make_loss(cfg, targets, masks).to(device)
         groups = param_groups(self.net, cfg)
         loss_params = list(self.loss_fn.parameters())  # learned task weights, when the loss has any
@@ -142,6 +146,7 @@ class Stepper:
         loss = self.loss_fn(logits.float(), targets.to(device, non_blocking=True), masks.to(device, non_blocking=True))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        distributed.average_gradients(self.loss_fn.parameters())   # DDP averages the network's own
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip)  # the task weights stay unclipped
         self.scaler.step(self.optimizer)
@@ -235,13 +240,19 @@ def train_fold(task, cfg: TrainConfig, cache: ImageCache, targets: np.ndarray, m
     train_idx, val_idx = np.flatnonzero(fold_ids != fold), np.flatnonzero(fold_ids == fold)
     seed_everything(cfg.seed + fold)
 
-    batch_size = min(cfg.batch_size, len(train_idx))  # a tiny fold still gets one full step per epoch
-    steps_per_epoch = len(train_idx) // batch_size
+    world = distributed.current()
+    processes = world.size if world else 1
+    # batch_size is per process; a tiny fold still gets one full step per epoch.
+    batch_size = min(cfg.batch_size, len(train_idx) // processes)
+    steps_per_epoch = len(train_idx) // (batch_size * processes)
     step = Stepper(task, cfg, targets[train_idx], masks[train_idx], cfg.epochs * steps_per_epoch, device, head)
-    sampler = EpochSampler(len(train_idx), steps_per_epoch * batch_size, cfg.seed, fold,
+    sampler = EpochSampler(len(train_idx), steps_per_epoch * batch_size * processes, cfg.seed, fold,
                            kind.sample_weights(cfg, targets[train_idx]))
-    loader = training_batches(cfg, cache.subset(train_idx), targets[train_idx], masks[train_idx], sampler, batch_size,
-                              device)
+    if world:
+        log.info("fold %d: %d processes (%s), %d images per process per step, %d globally", fold, processes,
+                 torch.distributed.get_backend(), batch_size, batch_size * processes)
+    loader = training_batches(cfg, cache.subset(train_idx), targets[train_idx], masks[train_idx],
+                              distributed.ShardedSampler(sampler, world) if world else sampler, batch_size, device)
     val_loader = DataLoader(EvalDataset(cache.eval[val_idx]), batch_size=cfg.batch_size * 2)
     val_labels = labels[val_idx]
 
@@ -254,7 +265,8 @@ def train_fold(task, cfg: TrainConfig, cache: ImageCache, targets: np.ndarray, m
 
     saved_at = time.monotonic()
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
-        if cfg.select_epoch == "best" and state["selected_epoch"] and epoch - state["selected_epoch"] > cfg.patience:
+        stop = cfg.select_epoch == "best" and state["selected_epoch"] and epoch - state["selected_epoch"] > cfg.patience
+        if distributed.agree(bool(stop)):   # rank 0 validates: its decision holds for every process
             log.info("fold %d: no better score for %d epochs, stopping", fold, cfg.patience)
             break
         started = time.perf_counter()
@@ -267,9 +279,12 @@ def train_fold(task, cfg: TrainConfig, cache: ImageCache, targets: np.ndarray, m
         for images, batch_targets, batch_masks in loader:
             loss_sum += step(images, batch_targets, batch_masks)
         state["step"] = step.steps
-        train_loss = loss_sum.item() / steps_per_epoch
+        train_loss = distributed.mean_over_processes(loss_sum).item() / steps_per_epoch
         if not np.isfinite(train_loss):
             raise FloatingPointError(f"fold {fold}, epoch {epoch}: loss is {train_loss}; lower lr or use fp32")
+        state["epoch"] = epoch
+        if not distributed.is_main():
+            continue   # rank 0 validates, selects and saves
         model = step.model
         probs = predict_probs(model, step.norm, val_loader, device, step.precision, kind)
         if not np.isfinite(probs).all():
@@ -286,7 +301,6 @@ def train_fold(task, cfg: TrainConfig, cache: ImageCache, targets: np.ndarray, m
             save_checkpoint(fold_dir / "best.pt", model, checkpoint_meta(task, cfg, fold, epoch, score))
             with atomic_path(fold_dir / "oof.npy") as tmp, open(tmp, "wb") as f:
                 np.save(f, probs)
-        state["epoch"] = epoch
         if epoch < cfg.epochs and time.monotonic() - saved_at >= cfg.checkpoint_every:
             with atomic_path(fold_dir / "last.pt") as tmp:
                 torch.save({**step.state_dict(), "state": state}, tmp)
@@ -298,7 +312,10 @@ def train_fold(task, cfg: TrainConfig, cache: ImageCache, targets: np.ndarray, m
     learned = {k: v.tolist() for k, v in step.loss_fn.state_dict().items() if k == "log_vars"}
     summary = {"fold": fold, "selected_epoch": state["selected_epoch"], "score": state["selected_score"], **learned,
                "epochs_run": state["epoch"], "n_val": int(len(val_idx)), "precision": step.precision,
-               "seconds_per_epoch": float(np.mean([h["seconds"] for h in state["history"]])) if state["history"] else None}
-    write_json(fold_dir / "done.json", summary)
-    (fold_dir / "last.pt").unlink(missing_ok=True)
+               "seconds_per_epoch": float(np.mean([h["seconds"] for h in state["history"]])) if state["history"] else None,
+               **({"processes": processes, "global_batch_size": batch_size * processes} if world else {})}
+    if distributed.is_main():
+        write_json(fold_dir / "done.json", summary)
+        (fold_dir / "last.pt").unlink(missing_ok=True)
+    distributed.barrier()   # the next fold, or the summary, finds this one's files
     return summary

@@ -12,7 +12,7 @@ import json
 import logging
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from ..network import normalisation
 from ..readers import DatasetError, read_dataset
 from ..task import task_from_dict
 from .config import TrainConfig, differing_keys, portable, read_config, save_config, selected_folds
+from . import distributed
 from .dataset import build_cache
 from .engine import checkpoint_meta, resolve_workers, train_fold, validation_score
 from .folds import FOLDS_DIR, content_hash, duplicate_sets, load_or_make_folds
@@ -194,34 +195,55 @@ def run_probe(task, cfg: TrainConfig, cache, hashes, labels, targets, masks, fol
     return heads
 
 
-def train(task, cfg: TrainConfig, report=None) -> dict:
-    """Train the folds ``cfg.folds`` selects (finished ones are skipped) and summarise the run."""
+def train(task, cfg: TrainConfig, report=None) -> dict | None:
+    """Train the folds ``cfg.folds`` selects (finished ones are skipped) and summarise the run. Under torchrun
+    every process trains each fold's share (model.training.distributed); rank 0 returns the summary, the
+    others None."""
+    if distributed.launched():
+        cfg.device = distributed.device_for(cfg.device)   # this process's own GPU, or the CPU
     device = resolve_device(cfg.device)  # a missing GPU is reported before minutes of decoding
+    with distributed.process_group(cfg.device):
+        return _train(task, cfg, device, report)
+
+
+def _train(task, cfg: TrainConfig, device, report=None) -> dict | None:
     folds = selected_folds(cfg)
+    main = distributed.is_main()
     with logging_to(_Recorder()) as recorder:
         root, samples, cache, hashes = prepare_data(task, cfg, resolve_workers(cfg.workers, torch.device("cpu")))
     cfg.dataset = cfg.dataset or root.name
-    run_dir, created = open_run(task, cfg)
+    with distributed.main_first():   # rank 0 makes the run folder and the folds file; the others read them
+        run_dir, created = open_run(task, cfg)
+        fold_ids = assign_folds(task, cfg, samples, hashes, run_dir) if main else None
     try:
-        with run_log(run_dir, recorder.records):
+        with run_log(run_dir, recorder.records) if main else nullcontext():
             log.info("%s: %d images from %s, folds %s, run folder %s", task.name, len(samples), root,
                      ",".join(map(str, folds)), run_dir)
-            fold_ids = assign_folds(task, cfg, samples, hashes, run_dir)
+            if fold_ids is None:
+                fold_ids = assign_folds(task, cfg, samples, hashes, run_dir)
             labels = task.kind.truth(samples, cache)
-            task.kind.save_truth(run_dir, labels)
             targets, masks = task.kind.encode(labels, len(task.heads))
-            heads = task.kind.run_baseline(task, cfg, cache, hashes, labels, targets, masks, fold_ids, run_dir, device)
+            heads = {}
+            with distributed.main_first():   # the others need the probe only to start from it (cached)
+                if main:
+                    task.kind.save_truth(run_dir, labels)
+                if main or cfg.head_init == "probe":
+                    heads = task.kind.run_baseline(task, cfg, cache, hashes, labels, targets, masks, fold_ids,
+                                                   run_dir, device)
             for fold in folds if cfg.recipe == "finetune" else ():
                 train_fold(task, cfg, cache, targets, masks, labels, fold_ids, fold, run_dir,
                            report=(lambda epoch, score, f=fold: report(f, epoch, score)) if report else None,
                            head=heads[fold] if cfg.head_init == "probe" else None)
+            if not main:
+                return None
             metrics = summarise(run_dir)
             if not metrics["folds_missing"]:
                 _, frame, probs, _ = gather_oof(run_dir)
                 task.kind.draw_gallery(run_dir, task, labels, probs, fold_ids, metrics["rule"], cache.eval,
                                        *normalisation(cfg.backbone))
     except BaseException as e:
-        _mark_failed(run_dir, created, e)
+        if main:
+            _mark_failed(run_dir, created, e)
         raise
     (run_dir / "FAILED").unlink(missing_ok=True)
     return metrics

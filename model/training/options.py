@@ -22,7 +22,8 @@ def add_task_flags(p: argparse.ArgumentParser, default_task: Path | None, folds_
     p.add_argument("--img-size", type=int)
     p.add_argument("--backbone", help="any timm model name")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N, or a list such as cuda:0,1,2,3 (with --jobs: the jobs "
+                                    "go to the devices in turn; at least one job per device)")
     p.add_argument("--workers", type=int, help="data loading processes")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other recipe key, e.g. --set lr=3e-4 --set cutmix_p=0.5 (repeatable; --show-config lists them)")

@@ -4,7 +4,8 @@ One fold of a small dataset cannot fill a GPU (the step is launch-bound at the r
 N folds, or N Optuna trials, run as N processes on one device. Each is ``python train.py`` with the
 user's own arguments plus its share of the work (later flags win in argparse), its share of the CPU
 threads and loader workers, and its output prefixed with its number. Processes, not threads: each has
-its own CUDA context and no lock to share.
+its own CUDA context and no lock to share. With a device list (``--device cuda:0,1,2,3``) the jobs go to the
+devices in turn, each pinned to one.
 """
 from __future__ import annotations
 
@@ -67,6 +68,12 @@ def _relay(process: subprocess.Popen, k: int) -> None:
     for line in process.stdout:
         sys.stdout.write(f"[job {k}] {line}")
         sys.stdout.flush()
+
+
+def pin_devices(argvs: list[list[str]], devices: list[str]) -> list[list[str]]:
+    """Each job's arguments with its own device (later flags win in argparse): job k on
+    ``devices[k % len(devices)]``, so 8 jobs on 4 GPUs put two on each."""
+    return [[*argv, "--device", devices[k % len(devices)]] for k, argv in enumerate(argvs)]
 
 
 def split(items: list, jobs: int) -> list[list]:

@@ -28,6 +28,7 @@ import torch
 import yaml
 
 from ..atomic import write_json, write_text
+from ..device import device_list
 from ..readers import locate_dataset
 from .config import RUNTIME_KEYS, TrainConfig, applicable, build_config, check_key, selected_folds
 from .options import PROJECT, add_task_flags, overrides_from, task_of
@@ -191,10 +192,12 @@ def tune(task, base: TrainConfig, trials: int, timeout: float | None, storage: s
     return _finish(study, task, base, space, out, storage, before, time.perf_counter() - started)
 
 
-def tune_in_jobs(task, base: TrainConfig, args: argparse.Namespace, argv: list[str], pinned: set[str]) -> dict:
+def tune_in_jobs(task, base: TrainConfig, args: argparse.Namespace, argv: list[str], pinned: set[str],
+                 devices: list[str] = ()) -> dict:
     """``args.trials`` trials in ``args.jobs`` processes on one study (a journal file by default), each
-    with its share of the trials and of the cores; then the study's summary with trials per hour."""
-    from .parallel import run_jobs, split, strip_option, workers_per_job
+    with its share of the trials and of the cores, and with ``devices`` its own device in turn; then the
+    study's summary with trials per hour."""
+    from .parallel import pin_devices, run_jobs, split, strip_option, workers_per_job
     space = search_space(args.space or SPACES / f"{task.kind.name}.yaml", task.kind, pinned)
     study_name, out = study_folder(task, base, args.study, args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -205,12 +208,13 @@ def tune_in_jobs(task, base: TrainConfig, args: argparse.Namespace, argv: list[s
     shares = [len(share) for share in split(list(range(args.trials)), args.jobs)]
     workers = workers_per_job(base.workers, len(shares))
     rest = argv
-    for option in ("--jobs", "--trials", "--storage", "--study", "--out"):
+    for option in ("--jobs", "--trials", "--storage", "--study", "--out", "--device"):
         rest = strip_option(rest, option)
     before = len(_existing_trials(storage, study_name))
-    seconds = run_jobs([["tune", "--task", str(task.source), *rest, "--trials", str(n), "--storage", storage,
-                         "--study", study_name, "--out", str(out), "--job-index", str(k), "--set", f"workers={workers}"]
-                        for k, n in enumerate(shares)])
+    seconds = run_jobs(pin_devices([["tune", "--task", str(task.source), *rest, "--trials", str(n), "--storage", storage,
+                                     "--study", study_name, "--out", str(out), "--job-index", str(k),
+                                     "--set", f"workers={workers}"] for k, n in enumerate(shares)],
+                                   list(devices) or [base.device]))
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
     return _finish(study, task, base, space, out, storage, before, seconds)
 
@@ -251,10 +255,14 @@ def main(argv: list[str], default_task: Path | None, prog: str) -> int:
         p.error("--jobs and --trials must be at least 1")
     task = task_of(args)
     overrides = overrides_from(args)
+    devices = device_list(overrides["device"]) if overrides.get("device") else []
+    args.jobs = max(args.jobs, len(devices))            # a device list: at least one job per device
+    if len(devices) > 1:
+        overrides["device"] = devices[0]
     pinned = {k for k, v in overrides.items() if v is not None} - {"data", "folds"}
     base = build_config(task, args.config, overrides)
     if args.jobs > 1:
-        summary = tune_in_jobs(task, base, args, argv, pinned)
+        summary = tune_in_jobs(task, base, args, argv, pinned, devices)
     else:
         summary = tune(task, base, args.trials, args.timeout, args.storage, args.study,
                        args.space or SPACES / f"{task.kind.name}.yaml", args.out, pinned, args.job_index)
