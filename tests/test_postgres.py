@@ -16,8 +16,9 @@ import pytest
 from tests.helpers import PROJECT, make_cla_data
 
 URL = os.environ.get("HARNESS_TEST_POSTGRES")
-pytestmark = [pytest.mark.slow,
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
               pytest.mark.skipif(not URL, reason="no PostgreSQL server: set HARNESS_TEST_POSTGRES (.ci/run starts one)")]
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)   # the median pruner may stop one
 TINY = ["--set", "backbone=test_efficientnet", "--set", "pretrained=none", "--img-size", "32", "--epochs", "2",
         "--batch-size", "8", "--set", "n_folds=2", "--workers", "0", "--set", "checkpoint_every=0"]
 
@@ -54,7 +55,8 @@ def test_two_workers_share_a_study_and_a_killed_one_leaves_it_usable(tmp_path):
     assert first.returncode == 0, out
     loaded = optuna.load_study(study_name=study, storage=URL)
     states = [t.state for t in loaded.trials]
-    assert states.count(optuna.trial.TrialState.COMPLETE) >= 3 and states.count(optuna.trial.TrialState.RUNNING) == 1
+    assert sum(state in FINISHED for state in states) == 3, states              # the first worker's three
+    assert states.count(optuna.trial.TrialState.RUNNING) == 1, states           # the killed worker's
     # The killed worker's trial sends no heartbeat: once it is stale it is failed and queued again.
     stale = optuna.storages.RDBStorage(
         URL, heartbeat_interval=1, grace_period=1,
@@ -71,5 +73,5 @@ def test_two_workers_share_a_study_and_a_killed_one_leaves_it_usable(tmp_path):
     assert not loaded.get_trials(states=(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING))
     retried = [t for t in loaded.trials
                if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) is not None]
-    assert len(retried) == 1 and retried[0].state == optuna.trial.TrialState.COMPLETE
+    assert len(retried) == 1 and retried[0].state in FINISHED
     assert (tmp_path / "study" / "best_config.yaml").is_file()
