@@ -221,3 +221,48 @@ def test_training_outputs_stay_out_of_git_status():
                  "cla_pre.csv.stale", "submissions/cv_vs_lb.png"):
         assert subprocess.run(["git", "check-ignore", "-q", path], cwd=project).returncode == 0, path
     assert subprocess.run(["git", "check-ignore", "-q", "model/masks.py"], cwd=project).returncode == 1
+
+
+def test_weights_that_do_not_fit_the_manifests_network_are_a_message(tmp_path, capsys):
+    from model.bundle import MANIFEST, load_checkpoint, save_checkpoint, sha256
+    from model.network import create_network
+    folder = make_bundle(tmp_path / "w" / "cla", "cla")
+    ckpt = load_checkpoint(folder / "fold0.pt")
+    other = create_network("test_vit", len(ckpt["heads"]))                   # another network, same heads
+    save_checkpoint(folder / "fold0.pt", other, {k: v for k, v in ckpt.items() if k not in ("format", "state_dict")})
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["folds"][0]["sha256"] = sha256(folder / "fold0.pt")
+    manifest.pop("onnx", None)
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    test_dir = make_test_folder(tmp_path / "testB", n=1)
+    for backend in ("auto", "torch"):
+        assert run.main(["--weights", str(tmp_path / "w"), "--test-dir", str(test_dir), "--out-dir",
+                         str(tmp_path / backend), "--backend", backend, "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert "fold0.pt: its weights do not fit the network the manifest describes" in err, err
+        assert "unexpected" not in err and "broadcast" not in err
+
+
+def test_a_training_image_name_that_is_not_utf8_is_named(tmp_path):
+    import os
+    from model.training.config import build_config
+    from model.training.experiment import train
+    data = tmp_path / "data"
+    for name in ("a", "b"):
+        for i in range(3):
+            save_image(data / name / f"{i}.png", fake_ultrasound(i, (64, 64)))
+    bad = os.fsencode(str(data / "a")) + b"/scan\xff.png"
+    with open(bad, "wb") as f:
+        f.write((data / "a" / "0.png").read_bytes())
+    task = generic_task("names", heads=("a", "b"), data={"reader": "class-folders"})
+    cfg = build_config(task, overrides={"data": str(data), "out": str(tmp_path / "run"),
+                                        "folds_dir": str(tmp_path / "folds")})
+    with pytest.raises(DatasetError, match=r"scan\\xff.png: file name is not valid UTF-8; rename it"):
+        train(task, cfg)
+
+
+def test_export_into_a_folder_that_holds_no_bundle_says_so(tmp_path):
+    from model.bundle import BundleError, export_bundle
+    (tmp_path / "out").mkdir()
+    with pytest.raises(BundleError, match="already exists \\(it holds no bundle\\); pass --force"):
+        export_bundle(tmp_path / "out", [], {})
