@@ -51,6 +51,13 @@ def _train(tmp_path, out, *extra, launcher=(), env=None):
                             env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
+def _done(process: subprocess.Popen) -> str:
+    """The output of a finished command, which must have succeeded."""
+    out, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, out
+    return out
+
+
 def _oof(tmp_path, out) -> np.ndarray:
     return pd.read_csv(tmp_path / out / "oof.csv").filter(like="p_").dropna().to_numpy()
 
@@ -69,9 +76,7 @@ def _kill_every_process_of(marker: str) -> None:
 @pytest.mark.slow
 def test_folds_go_to_the_devices_of_a_list_into_one_run_folder(tmp_path):
     make_cla_data(tmp_path / "data", per_class=3)
-    process = _train(tmp_path, "run", "--epochs", "1", "--batch-size", "8", "--device", "cpu,cpu")
-    out, _ = process.communicate(timeout=600)
-    assert process.returncode == 0, out
+    out = _done(_train(tmp_path, "run", "--epochs", "1", "--batch-size", "8", "--device", "cpu,cpu"))
     assert "2 folds in 2 jobs on cpu:" in out and "folds per hour" in out
     assert "[job 0]" in out and "[job 1]" in out
     assert len(_oof(tmp_path, "run")) == 18
@@ -87,9 +92,7 @@ TOLERANCE = 0.05
 @pytest.mark.slow
 def test_one_fold_on_two_processes_trains_resumes_after_a_kill_and_matches_one_process(tmp_path):
     make_cla_data(tmp_path / "data", per_class=6)
-    one = _train(tmp_path, "one", "--folds", "0", "--epochs", "12", "--batch-size", "8")
-    out, _ = one.communicate(timeout=600)
-    assert one.returncode == 0, out
+    _done(_train(tmp_path, "one", "--folds", "0", "--epochs", "12", "--batch-size", "8"))
     # Two processes of 4 images per step: the same global batch of 8. Killed after its first epoch...
     ddp = _train(tmp_path, "ddp", "--folds", "0", "--epochs", "12", "--batch-size", "4", launcher=TORCHRUN)
     deadline = time.monotonic() + 300
@@ -100,9 +103,7 @@ def test_one_fold_on_two_processes_trains_resumes_after_a_kill_and_matches_one_p
     ddp.wait()
     assert not (tmp_path / "ddp/fold0/done.json").exists()
     # ... and resumed by the same command.
-    again = _train(tmp_path, "ddp", "--folds", "0", "--epochs", "12", "--batch-size", "4", launcher=TORCHRUN)
-    out, _ = again.communicate(timeout=600)
-    assert again.returncode == 0, out
+    out = _done(_train(tmp_path, "ddp", "--folds", "0", "--epochs", "12", "--batch-size", "4", launcher=TORCHRUN))
     log = (tmp_path / "ddp/train.log").read_text()
     assert "fold 0: resuming after epoch" in log
     assert "fold 0: 2 processes (gloo), 4 images per process per step, 8 globally" in log
@@ -113,7 +114,5 @@ def test_one_fold_on_two_processes_trains_resumes_after_a_kill_and_matches_one_p
     difference = np.abs(_oof(tmp_path, "ddp") - _oof(tmp_path, "one")).max()
     assert difference < TOLERANCE, difference
     # The resumed fold repeats an uninterrupted one on two processes.
-    straight = _train(tmp_path, "straight", "--folds", "0", "--epochs", "12", "--batch-size", "4", launcher=TORCHRUN)
-    out, _ = straight.communicate(timeout=600)
-    assert straight.returncode == 0, out
+    _done(_train(tmp_path, "straight", "--folds", "0", "--epochs", "12", "--batch-size", "4", launcher=TORCHRUN))
     np.testing.assert_allclose(_oof(tmp_path, "ddp"), _oof(tmp_path, "straight"), atol=1e-6)

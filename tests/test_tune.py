@@ -95,10 +95,10 @@ def test_a_value_given_on_the_command_line_is_not_searched(tmp_path):
 
 @pytest.mark.slow
 def test_trials_side_by_side_share_one_journal(tmp_path, capsys):
-    """--jobs 2: two processes run one trial each on one journal study; their samplers differ and the
-    parent summarises the study with trials per hour."""
+    """A device list of two (as cuda:0,1 would be): two processes, one trial each on one journal study;
+    their samplers differ and the parent summarises the study with trials per hour."""
     data = make_cla_data(tmp_path / "data", per_class=2)
-    args = ["--data", str(data), "--space", str(write_space(tmp_path)), "--trials", "2", "--jobs", "2", "--epochs", "1",
+    args = ["--data", str(data), "--space", str(write_space(tmp_path)), "--trials", "2", "--device", "cpu,cpu", "--epochs", "1",
             "--out", str(tmp_path / "o"), "--backbone", TEST_BACKBONE, "--img-size", str(TEST_SIZE), "--workers", "0",
             "--set", "pretrained=none", "--set", "n_folds=2", "--set", f"folds_dir={tmp_path / 'folds'}"]
     assert cli_main(["tune", "--task", "tasks/birads-cla.yaml", *args]) == 0
