@@ -123,10 +123,12 @@ def main() -> int:
 
 def print_segmentation(r: dict) -> None:
     """The recipe's and the baseline's OOF scores side by side, per fold, with the settings used."""
+    from model.device import resolve_device
     m, cfg = r["metrics"], r["cfg"]
     print(f"\n== {r['task'].name}: {m['n_images']} images, {len(m['per_fold'])} "
           f"folds grouped by patient; {cfg.architecture} on {cfg.backbone} at {cfg.img_size} px, {cfg.epochs} epochs, "
-          f"batch {cfg.batch_size}, lr {cfg.lr}; {r['minutes']:.1f} min on {cfg.device} ({r['device']} autocast)")
+          f"batch {cfg.batch_size}, lr {cfg.lr}; {r['minutes']:.1f} min on {resolve_device(cfg.device)} "
+          f"({r['device']} autocast)")
     tuned, neutral = m["oof_tuned_rule"], m["oof_default_rule"]
     print(f"{'':<32}" + "".join(f"{k.replace('_', ' '):>16}" for k in SEGMENTATION_SCORES))
     print(f"{'U-Net, rule kept':<32}" + "".join(f"{tuned[k]:>16.4f}" for k in SEGMENTATION_SCORES))

@@ -36,7 +36,7 @@ class TrainConfig:
     folds: str = opt("all", "folds to train in this process: all, or a list such as 0,2")
     n_folds: int = opt(5, "number of folds")
     seed: int = opt(42, "seed of the folds, the initialisation and the augmentation")
-    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N (a list such as cuda:0,1 on the command line: one job per device)")
     precision: str = opt("auto", "autocast: auto (bf16/fp16 on CUDA, bf16 on a CPU that has it, else fp32)",
                          choices=("auto", "fp32", "bf16", "fp16"))
     workers: int = opt(-1, "loader processes with augment cpu; -1: every core but one on CUDA (at most 16), 1 on CPU")
@@ -48,7 +48,8 @@ class TrainConfig:
     # recipe
     recipe: str = opt("finetune", "finetune (train the network) or probe (a logistic regression on frozen features)",
                       kind=CLASSIFICATION, choices=("finetune", "probe"))
-    probe_c: float = opt(0.0, "inverse regularisation of the probe's regression; 0 chooses it by inner cross-validation")
+    probe_c: float = opt(0.0, "inverse regularisation of the probe's regression; 0 chooses it by inner cross-validation",
+                         kind=CLASSIFICATION)
     head_init: str = opt("random", "classifier start: random, or probe (the fold's probe: linear probe, then fine-tune)",
                          kind=CLASSIFICATION, choices=("random", "probe"))
     backbone_lr: float = opt(1.0, "the backbone's (segmentation: the encoder's) learning rate as a fraction of lr")
@@ -63,7 +64,7 @@ class TrainConfig:
     drop_rate: float = opt(0.2, "dropout before the classifier", kind=CLASSIFICATION)
     # optimisation
     epochs: int = opt(15, "epochs per fold (at most)")
-    batch_size: int = opt(16, "images per step")
+    batch_size: int = opt(16, "images per step (per process under torchrun)")
     lr: float = opt(1e-3, "peak learning rate (AdamW)")
     weight_decay: float = opt(0.01, "AdamW weight decay (not on biases and norms)")
     warmup_epochs: float = opt(1.0, "linear warm-up, then cosine decay")
