@@ -214,7 +214,8 @@ def _output(raw, name: str, kind, heads: tuple[str, ...], where: str) -> Output:
     if not isinstance(file, str) or not NAME.fullmatch(file) or folder == file.endswith(".csv"):
         raise TaskFileError(f"{where}: output.file {file!r}: " + (
             "a plain folder name (the masks are written into it)" if folder else "a plain file name ending in .csv"))
-    id_mode = raw.get("id", "number")
+    # Masks in a folder are named after their images: no id is written, so none is derived (nor warned about).
+    id_mode = raw.get("id", "filename" if folder else "number")
     if not isinstance(id_mode, str) or id_mode not in ID_MODES:
         raise TaskFileError(f"{where}: output.id {id_mode!r}: number (the number in the file name) or filename")
     rle_order = raw.get("rle_order", "column")

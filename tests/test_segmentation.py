@@ -29,6 +29,8 @@ def test_a_segmentation_task_maps_each_class_to_its_mask_value():
     assert task.metric == "dice" and task.output.file == "ct_pre.csv" and task.output.rle_order == "row"
     assert task_from_dict(task.to_dict(), "<manifest>") == task.__class__(**{**task.__dict__, "source": "<manifest>"})
     assert seg_task().output.file == "blobs_masks"
+    assert seg_task().output.id == "filename"      # masks are named after their images: no id to derive
+    assert seg_task(values="rle").output.id == "number"
 
 
 @pytest.mark.parametrize("change, message", [
@@ -351,3 +353,13 @@ def test_prediction_never_imports_the_training_engine_nor_checks_training_data(t
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
     assert len(list((tmp_path / "o" / "blobs_masks").iterdir())) == 2
+
+
+def test_masks_named_after_their_images_need_no_numbers(tmp_path, capsys):
+    make_seg_bundle(tmp_path / "w" / "blobs", seg_task())
+    for path in make_seg_images(tmp_path / "testB", n=2):
+        path.rename(path.with_name(f"TCGA_x_{path.stem}.png"))
+    assert run.main(["--weights", str(tmp_path / "w"), "--test-dir", str(tmp_path / "testB"), "--out-dir",
+                     str(tmp_path / "out"), "--quiet"]) == 0
+    assert "problem" not in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out/blobs_masks").iterdir()) == ["TCGA_x_0001.png", "TCGA_x_0002.png"]
