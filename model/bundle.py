@@ -208,6 +208,8 @@ def read_manifest(folder: str | Path) -> dict:
             raise BundleError(f"{path}: {path.stat().st_size} bytes, more than a manifest holds "
                               f"({MAX_MANIFEST_BYTES}); re-export the bundle")
         manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except BundleError:
+        raise
     except OSError as e:
         raise BundleError(f"{path}: cannot read the manifest ({e.strerror or e}); check its permissions") from e
     except RecursionError as e:

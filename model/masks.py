@@ -90,11 +90,13 @@ def remove_small(mask: np.ndarray, min_pixels: float) -> np.ndarray:
 
 
 def decide_mask(probs: np.ndarray, threshold: float, min_area: float) -> np.ndarray:
-    """(H, W) class ids from (C, H, W) foreground probabilities: a pixel is foreground where its most
-    likely class reaches ``threshold`` (for one class: p >= threshold), and components smaller than
-    ``min_area`` (a fraction of the image's pixels) are removed."""
+    """(H, W) class ids from (C, H, W) foreground probabilities: a pixel is foreground where the
+    probability that it shows any class (their sum, one minus the background's) reaches ``threshold``
+    (for one class: p >= threshold), and then the likeliest class; components smaller than ``min_area`` (a
+    fraction of the image's pixels) are removed."""
     best = probs.argmax(0)
-    mask = np.where(probs.max(0) >= threshold, best + 1, 0).astype(np.uint8)
+    lesion = probs[0] if len(probs) == 1 else probs.sum(0)
+    mask = np.where(lesion >= threshold, best + 1, 0).astype(np.uint8)
     return remove_small(mask, min_area * mask.size)
 
 

@@ -153,14 +153,24 @@ def _fail(result: TaskResult, error: Exception, out_dir: Path, output: str) -> N
 
 
 def _move_stale(output: Path, result: TaskResult) -> None:
-    """Move an output an earlier run left (a CSV, or a folder of masks) aside as ``<name>.stale``."""
-    if output.is_file() or output.is_dir():
-        stale = output.with_name(output.name + ".stale")
-        if stale.is_dir():
+    """Move an output an earlier run left (a CSV, or a folder of masks) aside as ``<name>.stale``; never
+    raises (an output that cannot be moved is reported, and costs no other task its output)."""
+    if not (output.is_file() or output.is_dir()):
+        return
+    stale = output.with_name(output.name + ".stale")
+    try:
+        if stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale)
+        elif stale.exists() or stale.is_symlink():
+            stale.unlink()
         os.replace(output, stale)
-        result.problems.append(f"{output}: left by an earlier run; moved to {stale.name} so that it is not taken "
-                               "for this run's predictions")
+    except OSError as e:
+        result.failed = True
+        result.problems.append(f"{output}: left by an earlier run, and it cannot be moved aside ({e.strerror or e}); "
+                               "remove it by hand: it is not this run's prediction")
+        return
+    result.problems.append(f"{output}: left by an earlier run; moved to {stale.name} so that it is not taken "
+                           "for this run's predictions")
 
 
 @dataclass

@@ -86,6 +86,11 @@ def test_the_rule_removes_small_components_and_picks_the_likeliest_class():
     mask = M.decide_mask(probs, threshold=0.5, min_area=2 / 400)
     assert (mask == 1).sum() == 64 and mask[15, 15] == 0
     assert M.decide_mask(probs, threshold=0.95, min_area=0.0).sum() == 0
+    # Several classes (softmax, background dropped): lesion where the classes together outweigh the
+    # threshold, then the likeliest class: background 0.2, class 1 0.45, class 2 0.35 is class 1.
+    mixed = np.array([[[0.45]], [[0.35]]], np.float32)
+    assert M.decide_mask(mixed, threshold=0.5, min_area=0.0)[0, 0] == 1
+    assert M.decide_mask(mixed, threshold=0.85, min_area=0.0)[0, 0] == 0
 
 
 def _truth(n=80, size=32, seed=0):

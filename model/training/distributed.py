@@ -18,6 +18,7 @@ import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -67,7 +68,9 @@ def process_group(device: str):
     backend = "nccl" if device.startswith("cuda") else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(torch.device(device))
-    dist.init_process_group(backend)
+    # Rank 0 alone fits the baseline and writes the folds while the others wait: give it hours, not the
+    # default 10 minutes of an NCCL collective.
+    dist.init_process_group(backend, timeout=timedelta(hours=2))
     world = current()
     if not world.main:
         logging.getLogger().setLevel(logging.WARNING)   # rank 0 alone logs
@@ -101,7 +104,9 @@ def agree(flag: bool) -> bool:
     """Rank 0's ``flag`` on every process (stop early, say)."""
     if current() is None:
         return flag
-    value = torch.tensor([int(flag)])
+    # On the process's own GPU under nccl (which has no CPU tensors), on the CPU under gloo.
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    value = torch.tensor([int(flag)], device=device)
     dist.broadcast(value, src=0)
     return bool(value.item())
 

@@ -243,6 +243,8 @@ def train_fold(task, cfg: TrainConfig, cache: ImageCache, targets: np.ndarray, m
     world = distributed.current()
     processes = world.size if world else 1
     # batch_size is per process; a tiny fold still gets one full step per epoch.
+    if len(train_idx) < processes:
+        raise ValueError(f"fold {fold}: {len(train_idx)} training images for {processes} processes; use fewer")
     batch_size = min(cfg.batch_size, len(train_idx) // processes)
     steps_per_epoch = len(train_idx) // (batch_size * processes)
     step = Stepper(task, cfg, targets[train_idx], masks[train_idx], cfg.epochs * steps_per_epoch, device, head)
