@@ -25,6 +25,7 @@ from .onnx_backend import cached_graph, unavailable_reason
 from .predict import list_test_images
 from .runner import RunOptions, prepare, predict_folder, run
 from .synthetic import make_awkward_folder
+from .task import ID_MODES
 
 PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([0-9][A-Za-z0-9.+\-]*)$")
 THIN_FOLDS, THIN_OOF = 3, 100   # below these, a bundle's CV is a rough guide only
@@ -120,6 +121,14 @@ def describe_bundle(bundle, report: CheckReport) -> None:
         report.warnings.append(f"{name}: {'; '.join(thin)}: treat its CV as a rough guide")
 
 
+def as_written(task, id_mode: str | None):
+    """The task as run.py writes it with ``--id-column``: its id mode, and that mode's header when it differs."""
+    if not id_mode or id_mode == task.output.id:
+        return task
+    output = dataclasses.replace(task.output, id=id_mode, id_header=ID_MODES[id_mode])
+    return dataclasses.replace(task, output=output)
+
+
 def read_output_csv(path: Path, task) -> tuple[list[list[str]] | None, list[str]]:
     """(the rows of an output CSV, problems): it exists and has the task's header."""
     if not path.is_file():
@@ -188,9 +197,9 @@ def check_submission(project: Path, options: RunOptions, n_images: int = 1700, d
         if outcome.exit_code != 0 and not report.problems:
             report.problems.append("the dry run of run.py did not write every CSV; see the messages above")
         for bundle in bundles:
-            listing = list_test_images(tmp / "test" / bundle.task.test_folder, bundle.task.output.id)
-            report.problems += bundle.task.kind.validate_output(tmp / "out" / bundle.task.output.file, bundle.task,
-                                                               listing.images)
+            task = as_written(bundle.task, options.id_mode)
+            listing = list_test_images(tmp / "test" / task.test_folder, task.output.id)
+            report.problems += task.kind.validate_output(tmp / "out" / task.output.file, task, listing.images)
         if report.problems:
             return report
         per_image, count = time_per_image(dry, outcome.device, bundles), sum(r.images for r in outcome.results)

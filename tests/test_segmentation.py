@@ -368,3 +368,15 @@ def test_masks_named_after_their_images_need_no_numbers(tmp_path, capsys):
                      str(tmp_path / "out"), "--quiet"]) == 0
     assert "problem" not in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "out/blobs_masks").iterdir()) == ["TCGA_x_0001.png", "TCGA_x_0002.png"]
+
+
+def test_the_pre_flight_check_validates_outputs_as_written_with_an_id_column(tmp_path):
+    from model.check import check_submission
+    from model.runner import RunOptions
+    from tests.helpers import PROJECT
+    make_seg_bundle(tmp_path / "w" / "blobs", seg_task(values="rle"))
+    make_bundle(tmp_path / "w" / "cla", "cla")
+    for id_mode in (None, "filename"):
+        options = RunOptions(tmp_path / "testB", tmp_path / "o", tmp_path / "w", id_mode=id_mode)
+        report = check_submission(PROJECT, options, 10, 3)
+        assert not [p for p in report.problems if "dry run" in p or "blobs" in p or "cla" in p], report.problems
