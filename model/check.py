@@ -25,7 +25,6 @@ from .onnx_backend import cached_graph, unavailable_reason
 from .predict import list_test_images
 from .runner import RunOptions, prepare, predict_folder, run
 from .synthetic import make_awkward_folder
-from .task import ID_MODES
 
 PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([0-9][A-Za-z0-9.+\-]*)$")
 THIN_FOLDS, THIN_OOF = 3, 100   # below these, a bundle's CV is a rough guide only
@@ -125,7 +124,7 @@ def as_written(task, id_mode: str | None):
     """The task as run.py writes it with ``--id-column``: its id mode, and that mode's header when it differs."""
     if not id_mode or id_mode == task.output.id:
         return task
-    output = dataclasses.replace(task.output, id=id_mode, id_header=ID_MODES[id_mode])
+    output = dataclasses.replace(task.output, id=id_mode, id_header=task.output.header_for(id_mode))
     return dataclasses.replace(task, output=output)
 
 

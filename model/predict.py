@@ -28,7 +28,6 @@ from .bundle import Bundle
 from .device import autocast
 from .images import ImageReadError, is_image_file, is_regular_file, load_rgb, prepare, resize_square
 from .onnx_backend import select_engine
-from .task import ID_MODES
 
 log = logging.getLogger(__name__)
 IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
@@ -224,7 +223,7 @@ def format_csv(task, images: list[TestImage], labels: np.ndarray, probs: np.ndar
     """The task's output CSV: the id column (the number, or the file name), then its label columns."""
     out = task.output
     id_mode = id_mode or out.id
-    header = out.id_header if id_mode == out.id else ID_MODES[id_mode]
+    header = out.header_for(id_mode)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow([header, *out.columns])

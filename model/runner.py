@@ -139,12 +139,6 @@ def predict_task(loaded: Loaded, result: TaskResult, options: RunOptions, device
     return result
 
 
-def run_task(folder: Path, options: RunOptions, device: torch.device) -> TaskResult:
-    """Load one bundle, predict its test folder and write its outputs. Never raises."""
-    result, loaded = load_task(folder, options, device)
-    return predict_task(loaded, result, options, device) if loaded is not None else result
-
-
 def _fail(result: TaskResult, error: Exception, out_dir: Path, output: str) -> None:
     result.failed, result.csv = True, None
     reason = str(error) if isinstance(error, (ValueError, OSError)) else f"unexpected {type(error).__name__}: {error}"

@@ -151,14 +151,12 @@ def score_csv_task(task, pred_dir: Path, gt_dir: Path) -> TaskResult | None:
     pred, gt = pred_dir / task.output.file, gt_dir / task.gt_file
     if not gt.is_file():
         return None
-    if not pred.is_file():
-        return TaskResult(task.name, {"score": 0.0}, [f"{pred}: missing, task scored 0"], missing=True)
-    return score_task(task, pred, gt)
+    return score_task(task, pred, gt) if pred.is_file() else missing_output(task, pred)
 
 
-def truth_name(task) -> str:
-    """Where a task's ground truth is looked for under GT_DIR."""
-    return f"{task.test_folder}/ (true masks)" if task.kind.output_is_folder("masks") else task.gt_file
+def missing_output(task, pred: Path) -> TaskResult:
+    """A task whose ground truth is there but whose prediction is not: scored 0, and flagged."""
+    return TaskResult(task.name, {"score": 0.0}, [f"{pred}: missing, task scored 0"], missing=True)
 
 
 def score_mask_task(task, pred_dir: Path, gt_dir: Path) -> TaskResult | None:
@@ -180,7 +178,7 @@ def score_mask_task(task, pred_dir: Path, gt_dir: Path) -> TaskResult | None:
         return None
     pred = pred_dir / task.output.file
     if not pred.exists():
-        return TaskResult(task.name, {"score": 0.0}, [f"{pred}: missing, task scored 0"], missing=True)
+        return missing_output(task, pred)
     problems: list[str] = []
     truth: dict[str, object] = {}
     for path in files:
@@ -192,7 +190,7 @@ def score_mask_task(task, pred_dir: Path, gt_dir: Path) -> TaskResult | None:
     if task.output.values == "masks":
         predicted, found = mask_outputs.read_mask_folder(pred, list(truth), task.mask_values)
     elif task.output.values == "rle":
-        header, rows = _read_csv(pred)
+        _, rows = _read_csv(pred)
         lookup = {key: stem for key in {r[0].strip() for r in rows if r} if (stem := _stem_of(key, truth))}
         predicted, found = mask_outputs.read_rle_csv(pred, {k: truth[s].shape for k, s in lookup.items()}, task.heads,
                                                      task.output.rle_order, task.output.columns)
@@ -245,7 +243,7 @@ def score_folder(pred_dir: str | Path, gt_dir: str | Path, tasks) -> dict:
             results[task.name] = result
     if not results:
         raise ScoreError(f"{gt_dir}: no ground truth for the tasks {', '.join(t.name for t in tasks)} "
-                         f"(looked for {', '.join(truth_name(t) for t in tasks)})")
+                         f"(looked for {', '.join(t.kind.truth_location(t) for t in tasks)})")
     out = {name: {"scores": r.scores, "problems": r.problems, "missing": r.missing} for name, r in results.items()}
     if len(results) > 1:
         out["overall"] = overall_score(r.scores["score"] for r in results.values())

@@ -54,6 +54,11 @@ class Output:
     values: str              # labels | names | probabilities; masks | rle | summary (the kind says which)
     rle_order: str = "column"   # rle outputs: column-major (Kaggle) or row-major pixel numbering
 
+    def header_for(self, id_mode: str | None) -> str:
+        """The id column's header when run.py writes ids by ``id_mode`` (--id-column): the task's own header
+        for its own mode, else that mode's default."""
+        return self.id_header if not id_mode or id_mode == self.id else ID_MODES[id_mode]
+
 
 @dataclass(frozen=True)
 class Task:

@@ -140,6 +140,10 @@ class Kind:
 
     failed_note = "predicted from the class prior"
 
+    def truth_location(self, task) -> str:
+        """Where model.score looks for the task's ground truth under GT_DIR (for messages)."""
+        return task.gt_file
+
     def fill_failed(self, probs: np.ndarray, index: int, prior: np.ndarray) -> None:
         """The prediction of an image that could not be decoded: the class prior."""
         probs[index] = prior

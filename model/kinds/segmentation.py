@@ -232,10 +232,9 @@ class Segmentation(Kind):
         for probs, shape in zip(prediction.probs, prediction.shapes):
             full = resize_probs(np.asarray(probs, np.float32), shape)
             masks.append(self.decide(full[None], rule)[0])
-            peaks.append(full.reshape(len(full), -1).max(1))
+            peaks.append(lesion_probability(full[None])[0])
         out, id_mode = task.output, id_mode or task.output.id
-        from ..task import ID_MODES
-        id_header = out.id_header if id_mode == out.id else ID_MODES[id_mode]   # as classification CSVs do
+        id_header = out.header_for(id_mode)
         path = Path(out_dir) / out.file
         if out.values == "masks":
             Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -282,6 +281,9 @@ class Segmentation(Kind):
         problems += [f"{path}: the mask of {key} is {found[key].shape}, not the image's {shape}"
                      for key, shape in shapes.items() if key in found and found[key].shape != shape]
         return problems
+
+    def truth_location(self, task) -> str:
+        return f"{task.test_folder}/ (true masks)"
 
     def score_outputs(self, task, pred_dir: Path, gt_dir: Path):
         from ..score import score_mask_task

@@ -214,13 +214,11 @@ def _train(task, cfg: TrainConfig, device, report=None) -> dict | None:
     cfg.dataset = cfg.dataset or root.name
     with distributed.main_first():   # rank 0 makes the run folder and the folds file; the others read them
         run_dir, created = open_run(task, cfg)
-        fold_ids = assign_folds(task, cfg, samples, hashes, run_dir) if main else None
+        fold_ids = assign_folds(task, cfg, samples, hashes, run_dir)
     try:
         with run_log(run_dir, recorder.records) if main else nullcontext():
             log.info("%s: %d images from %s, folds %s, run folder %s", task.name, len(samples), root,
                      ",".join(map(str, folds)), run_dir)
-            if fold_ids is None:
-                fold_ids = assign_folds(task, cfg, samples, hashes, run_dir)
             labels = task.kind.truth(samples, cache)
             targets, masks = task.kind.encode(labels, len(task.heads))
             heads = {}
