@@ -25,7 +25,7 @@ import ttach
 from torch import nn
 
 from .atomic import atomic_path, public_mode, write_json
-from .network import CLASSIFIER, InputNorm, create_network
+from .network import CLASSIFIER, NORM_SCOPES, InputNorm, create_network
 from .task import Task, TaskFileError, load_task, task_from_dict
 
 CHECKPOINT_FORMAT = "birads-checkpoint/1"
@@ -33,8 +33,8 @@ BUNDLE_FORMAT = "harness-bundle/3"
 V2_FORMAT = "harness-bundle/2"
 V1_FORMAT = "birads-bundle/1"
 # What a bundle's checkpoint keeps: what rebuilds and describes the network, never the run's config.
-CHECKPOINT_KEYS = ("task", "architecture", "outputs", "backbone", "heads", "img_size", "mean", "std", "fold",
-                   "epoch", "score")
+CHECKPOINT_KEYS = ("task", "architecture", "outputs", "backbone", "heads", "img_size", "mean", "std", "input_norm",
+                   "fold", "epoch", "score")
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 1 << 20    # a real manifest is a few kB; anything near this is not one
 PROJECT = Path(__file__).resolve().parents[1]
@@ -95,11 +95,11 @@ class FoldEnsemble(nn.Module):
 
     name = "pytorch"
 
-    def __init__(self, nets: list[nn.Module], mean, std, kind):
+    def __init__(self, nets: list[nn.Module], mean, std, kind, input_norm: str = "backbone"):
         super().__init__()
         self.nets = nn.ModuleList(nets)
         self.kind = kind
-        self.norm = InputNorm(mean, std)
+        self.norm = InputNorm(mean, std, input_norm)
         self.input_format = torch.contiguous_format  # the layout predict() wants; see set_layout
 
     def set_layout(self, memory_format: torch.memory_format) -> "FoldEnsemble":
@@ -164,7 +164,8 @@ class Bundle:
                 raise BundleError(f"{self.folder / entry['file']}: its weights do not fit the network the manifest "
                                   f"describes ({str(e).splitlines()[0]}); re-export the bundle") from e
         network = self.manifest["network"]
-        ensemble = FoldEnsemble(nets, network["mean"], network["std"], self.task.kind)
+        ensemble = FoldEnsemble(nets, network["mean"], network["std"], self.task.kind,
+                                network.get("input_norm", "backbone"))
         return ensemble.to(self.device).eval()
 
     @property
@@ -282,6 +283,8 @@ def validate_manifest(manifest, folder: Path) -> dict:
         values = network.get(key)
         if not _numbers(values, 3) or (key == "std" and min(values) <= 0):
             fail(f"network.{key} {values!r} is not three numbers")
+    if network.get("input_norm", "backbone") not in NORM_SCOPES:
+        fail(f"network.input_norm {network.get('input_norm')!r} is not one of {', '.join(NORM_SCOPES)}")
     if not isinstance(network.get("architecture"), str) or not isinstance(network.get("crop_border"), bool):
         fail("network.architecture or network.crop_border missing")
     outputs = network.get("outputs")
@@ -392,7 +395,8 @@ def export_bundle(folder: str | Path, checkpoints: list[dict], manifest: dict, r
         task = task_from_dict(manifest["task"], f"{folder}: task", training=False)
         network = {"backbone": first["backbone"], "architecture": first.get("architecture", CLASSIFIER),
                    "input_size": first["img_size"], "mean": first["mean"], "std": first["std"],
-                   "crop_border": task.kind.crop_border, "outputs": task.kind.output_block(task, first["img_size"])}
+                   "input_norm": first.get("input_norm", "backbone"), "crop_border": task.kind.crop_border,
+                   "outputs": task.kind.output_block(task, first["img_size"])}
         write_json(staging / MANIFEST, {"format": BUNDLE_FORMAT, **manifest, "network": network, "folds": entries})
         os.chmod(staging, public_mode(directory=True))  # mkdtemp makes 0700; a bundle is read by other users too
         if folder.exists():

@@ -30,16 +30,39 @@ class PretrainedError(ValueError):
     pass
 
 
-class InputNorm(nn.Module):
-    """uint8 (or 0..255 float) images to the normalised float input the backbone expects."""
+NORM_SCOPES = ("backbone", "image")
 
-    def __init__(self, mean, std):
+
+class InputNorm(nn.Module):
+    """uint8 (or 0..255 float) images to the normalised float input the backbone expects.
+
+    ``scope`` backbone: the mean and std the backbone's pretrained weights expect. ``scope`` image: each
+    image's channels z-scored on their own statistics, as MRI pipelines do where intensities have no
+    absolute scale (MONAI's NormalizeIntensity(channel_wise=True), nnU-Net's ZScoreNormalization). Written
+    here rather than taken from MONAI because it has to be part of the network's graph: the ONNX export
+    and every predict path then normalise exactly as training did."""
+
+    def __init__(self, mean, std, scope: str = "backbone"):
         super().__init__()
+        if scope not in NORM_SCOPES:
+            raise ValueError(f"input_norm {scope!r} is not one of {', '.join(NORM_SCOPES)}")
+        self.per_image = scope == "image"
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() - self.mean) / self.std
+        x = images.float()
+        if not self.per_image:
+            return (x - self.mean) / self.std
+        centred = x - x.mean((2, 3), keepdim=True)
+        # A flat channel (a blank image) has no spread: it stays 0, not 0/0.
+        spread = centred.square().mean((2, 3), keepdim=True).sqrt().clamp_min(1.0)
+        return centred / spread
+
+
+def input_norm(backbone: str, scope: str = "backbone") -> InputNorm:
+    """The input layer of a network on ``backbone`` trained with ``input_norm: scope``."""
+    return InputNorm(*normalisation(backbone), scope)
 
 
 CLASSIFIER = "classifier"

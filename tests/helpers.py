@@ -123,7 +123,8 @@ def seg_task(name: str = "blobs", values: str = "masks", **extra) -> Task:
     return task_from_dict(raw, f"<test task {name}>")
 
 
-def make_seg_bundle(folder: Path, task: Task, folds: int = 2, seed: int = 0, rule: dict | None = None) -> Path:
+def make_seg_bundle(folder: Path, task: Task, folds: int = 2, seed: int = 0, rule: dict | None = None,
+                    input_norm: str = "backbone") -> Path:
     """A random-init bundle of ``folds`` tiny U-Nets, exported with the real export code."""
     import torch
 
@@ -134,7 +135,7 @@ def make_seg_bundle(folder: Path, task: Task, folds: int = 2, seed: int = 0, rul
         net = create_network(TEST_BACKBONE, outputs, architecture="Unet")
         checkpoints.append({"task": task.name, "architecture": "Unet", "outputs": outputs, "backbone": TEST_BACKBONE,
                             "heads": list(task.heads), "img_size": SEG_SIZE, "mean": [0.5] * 3, "std": [0.5] * 3,
-                            "fold": fold, "epoch": 1, "score": 0.0, "state_dict": net.state_dict()})
+                            "input_norm": input_norm, "fold": fold, "epoch": 1, "score": 0.0, "state_dict": net.state_dict()})
     manifest = {"task": task.to_dict(), "decision": rule or task.neutral_rule(), "prior": [0.5] * len(task.heads),
                 "cv": {}, "trained_on": {"dataset": "generated", "images": 0, "license": "random init (tests)"}}
     return export_bundle(folder, checkpoints, manifest, replace=True)

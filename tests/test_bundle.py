@@ -94,6 +94,7 @@ def edit_manifest(folder, change):
     (lambda m: m.update(decision={"logit_offsets": [0.0, 1.0]}), r"decision .* is not \{'logit_offsets': 6 numbers\}"),
     (lambda m: m.update(decision={"thresholds": [0.5] * 6}), r"decision .* is not \{'logit_offsets'"),
     (lambda m: m.update(folds=[]), r"folds is not a non-empty list"),
+    (lambda m: m["network"].update(input_norm="scan"), r"network.input_norm 'scan' is not one of backbone, image"),
     (lambda m: m.pop("prior"), r"prior None is not 6 probabilities"),
     (lambda m: m["task"].pop("kind"), r"task: kind: required"),
     (lambda m: m["task"].update(test_folder="../../etc"), r"test_folder '../../etc' must be a folder inside"),

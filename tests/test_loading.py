@@ -140,3 +140,24 @@ def test_side_by_side_jobs_report_user_errors_as_messages(tmp_path, capsys):
     assert "no training data given" in capsys.readouterr().err
     with pytest.raises(OSError, match=r"job\(s\) \[0\] failed \(exit codes \[2\]\)"):
         run_jobs([["--task", CLA_TASK.source, "--data", str(tmp_path / "absent")]])
+
+
+def test_gray_turns_an_image_into_its_weighted_mean_on_both_pipelines():
+    from model.training.dataset import GRAY_WEIGHTS, build_augmentation
+    cache = cache_of(n=2)
+    targets = np.eye(2, dtype=np.float32)
+    loader = DeviceLoader(cache, targets, np.ones_like(targets), EpochSampler(2, 2, 0, 0), 2, 40, 0.0, 0.0,
+                          torch.device("cpu"), gray_p=1.0)
+    images = loader.batch(np.random.default_rng(0), np.arange(2))[0]
+    assert torch.equal(images[:, 0], images[:, 1]) and torch.equal(images[:, 1], images[:, 2])
+    source = torch.from_numpy(cache.train).permute(0, 3, 1, 2).float()
+    luma = (source * torch.tensor(GRAY_WEIGHTS).view(1, 3, 1, 1)).sum(1)
+    assert all(torch.allclose(images[i, 0], luma[i], atol=1e-3) or torch.allclose(images[i, 0], luma[i].flip(-1), atol=1e-3)
+               for i in range(2))
+    cpu = build_augmentation(40, 0.0, gray_p=1.0)(image=cache.train[0])["image"].astype(np.float32)
+    assert (cpu[..., 0] == cpu[..., 1]).all() and (cpu[..., 1] == cpu[..., 2]).all()
+    reference = (cache.train[0].astype(np.float32) * np.array(GRAY_WEIGHTS)).sum(-1)
+    assert min(np.abs(cpu[..., 0] - reference).max(), np.abs(cpu[..., 0] - reference[:, ::-1]).max()) <= 1.0
+    colour = DeviceLoader(cache, targets, np.ones_like(targets), EpochSampler(2, 2, 0, 0), 2, 40, 0.0, 0.0,
+                          torch.device("cpu")).batch(np.random.default_rng(0), np.arange(2))[0]
+    assert not torch.equal(colour[:, 0], colour[:, 1])

@@ -132,6 +132,9 @@ def test_probe_features_are_cached_and_verified(tmp_path, cla_data):
         np.savez(f, **data)
     again = features_for(cfg, 6, images, hashes, torch.device("cpu"), cache=tmp_path / "cache")
     np.testing.assert_array_equal(again, first)
+    per_image = features_for(config(CLA_TASK, tmp_path, cla_data, input_norm="image"), 6, images, hashes,
+                             torch.device("cpu"), cache=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2 and not np.allclose(per_image, first)
 
 
 def test_layer_decay_and_backbone_lr_set_each_groups_rate():

@@ -338,7 +338,7 @@ def test_the_segmentation_search_space_tunes(tmp_path):
     pinned = {"img_size", "epochs", "architecture"}        # kept small; the rest is searched
     summary = tune(task, base, 2, None, None, "s", SPACES / "segmentation.yaml", tmp_path / "study", pinned)
     assert summary["trials"] == {"COMPLETE": 2} and set(summary["best_params"]) == {
-        "lr", "weight_decay", "dice_weight", "aug_strength", "backbone_lr"}
+        "lr", "weight_decay", "dice_weight", "aug_strength", "backbone_lr", "input_norm"}
 
 
 def test_prediction_never_imports_the_training_engine_nor_checks_training_data(tmp_path):
@@ -380,3 +380,37 @@ def test_the_pre_flight_check_validates_outputs_as_written_with_an_id_column(tmp
         options = RunOptions(tmp_path / "testB", tmp_path / "o", tmp_path / "w", id_mode=id_mode)
         report = check_submission(PROJECT, options, 10, 3)
         assert not [p for p in report.problems if "dry run" in p or "blobs" in p or "cla" in p], report.problems
+
+
+def test_per_image_normalisation_makes_the_scale_of_a_scan_irrelevant():
+    from model.network import InputNorm
+    norm = InputNorm([0.5] * 3, [0.5] * 3, "image")
+    scans = torch.rand(2, 3, 16, 16) * 80
+    scans[1, 2] = 7.0                                                  # a flat channel
+    assert torch.allclose(norm(scans * 2.5 + 30), norm(scans), atol=1e-4)
+    out = norm(scans)
+    assert torch.allclose(out[0].mean((1, 2)), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(out[0].square().mean((1, 2)), torch.ones(3), atol=1e-4)
+    assert torch.equal(out[1, 2], torch.zeros(16, 16)) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="input_norm 'scan' is not one of backbone, image"):
+        InputNorm([0.5] * 3, [0.5] * 3, "scan")
+
+
+def test_a_per_image_normalised_gray_augmented_run_exports_that_normalisation(tmp_path):
+    from model.training.cli import main as train_main
+    from tests.helpers import write_task
+    task_file = write_task(tmp_path / "spots.yaml", NEVER_SEEN)
+    data = make_patients(tmp_path / "data", patients=3, slices=4)
+    run_dir, bundle = tmp_path / "run", tmp_path / "bundles" / "spots"
+    assert train_main(["--task", str(task_file), "--data", str(data), "--out", str(run_dir), "--folds", "0",
+                       "--set", "epochs=1", "--set", "input_norm=image", "--set", "gray_p=0.5",
+                       "--set", f"folds_dir={tmp_path / 'folds'}"]) == 0
+    assert torch.load(run_dir / "fold0" / "best.pt", weights_only=True)["input_norm"] == "image"
+    assert train_main(["export", str(run_dir), "--out", str(bundle)]) == 0
+    assert read_manifest(bundle)["network"]["input_norm"] == "image"
+    loaded = load_bundle(bundle)
+    assert loaded.ensemble.norm.per_image
+    from model.images import load_rgb
+    scan = torch.from_numpy(load_rgb(data / "images" / "P0_0.png")).permute(2, 0, 1)[None].float()
+    assert torch.allclose(loaded.ensemble(scan * 0.5), loaded.ensemble(scan), atol=1e-4)
+    assert not read_manifest(make_seg_bundle(tmp_path / "plain", seg_task()))["network"]["input_norm"] == "image"

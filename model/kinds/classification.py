@@ -53,10 +53,10 @@ class Classification(Kind):
         from ..training.plots import plot_confusion
         plot_confusion(run_dir / "confusion.png", task, truth, self.decide(probs, rule), score)
 
-    def draw_gallery(self, run_dir: Path, task, truth, probs, fold_ids, rule: dict, images, mean, std) -> None:
+    def draw_gallery(self, run_dir: Path, task, truth, probs, fold_ids, rule: dict, images, norm) -> None:
         """errors.png: the most confident OOF mistakes, with Grad-CAM."""
         from ..training.gallery import write_gallery
-        write_gallery(run_dir, task, images, truth, probs, fold_ids, rule, mean, std)
+        write_gallery(run_dir, task, images, truth, probs, fold_ids, rule, norm)
 
     def probe_advice(self, task, cfg) -> str:
         """What to do when the probe beat the fine-tuned recipe."""

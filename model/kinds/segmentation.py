@@ -295,7 +295,7 @@ class Segmentation(Kind):
         counts = M.pixel_counts(self.decide(probs, rule), truth.masks, len(task.heads))
         plot_dice_histograms(run_dir / "dice.png", task, M.image_dice(counts), fold_ids, score)
 
-    def draw_gallery(self, run_dir: Path, task, truth: MaskSet, probs, fold_ids, rule: dict, images, mean, std) -> None:
+    def draw_gallery(self, run_dir: Path, task, truth: MaskSet, probs, fold_ids, rule: dict, images, norm) -> None:
         """errors.png: the worst and the median OOF images, true and predicted contours."""
         from ..training.seg_report import write_seg_gallery
         write_seg_gallery(run_dir / "errors.png", task, truth, self.decide(probs, rule), images)

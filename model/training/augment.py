@@ -2,7 +2,7 @@
 
 The same recipe as the CPU pipeline (model.training.dataset), batched in torch: box-guided CutMix
 (``plan_cutmix``, shared with the CPU path), a horizontal flip, a mild affine (scale, shift, small
-rotation, black fill) fused with the resize from the cache size into one ``grid_sample``, brightness
+rotation, black fill) fused with the resize from the cache size into one ``grid_sample``, gray, brightness
 and contrast, and a Gaussian blur or noise. No loader processes, no copies to pinned memory, no decoding:
 on a GPU the step is what remains, where the CPU pipeline had a GPU busy 42% of the time. Random
 parameters are drawn on the CPU from the sampler's seeds, so a run repeats exactly (CPU) or closely (GPU
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .dataset import EpochSampler, ImageCache, plan_cutmix
+from .dataset import GRAY_WEIGHTS, EpochSampler, ImageCache, plan_cutmix
 
 
 def gaussian_kernel(size: int, device) -> torch.Tensor:
@@ -33,7 +33,8 @@ class DeviceLoader:
     """Augmented batches (float 0..255 NCHW on ``device``), their targets and masks, for one epoch at a time."""
 
     def __init__(self, cache: ImageCache, targets: np.ndarray, masks: np.ndarray, sampler: EpochSampler,
-                 batch_size: int, img_size: int, strength: float, cutmix_p: float, device: torch.device):
+                 batch_size: int, img_size: int, strength: float, cutmix_p: float, device: torch.device,
+                 gray_p: float = 0.0):
         self.images = torch.from_numpy(cache.train).to(device).permute(0, 3, 1, 2)   # uint8 (N, 3, S, S)
         # A segmentation cache's masks (N, S, S) move with their images and are the batch's targets.
         self.mask_images = None if cache.masks_train is None else torch.from_numpy(cache.masks_train).to(device)
@@ -41,7 +42,7 @@ class DeviceLoader:
         self.targets = torch.from_numpy(targets).to(device)
         self.masks = torch.from_numpy(masks).to(device)
         self.sampler, self.batch_size, self.img_size = sampler, batch_size, img_size
-        self.strength, self.cutmix_p, self.device = strength, cutmix_p, device
+        self.strength, self.cutmix_p, self.device, self.gray_p = strength, cutmix_p, device, gray_p
 
     def __len__(self) -> int:
         return len(self.sampler) // self.batch_size
@@ -62,6 +63,8 @@ class DeviceLoader:
         if self.mask_images is not None:
             chosen = self.mask_images[torch.from_numpy(indices).to(self.device)][:, None].float()
             targets = F.grid_sample(chosen, grid, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0].long()
+        if self.gray_p > 0:
+            self._gray(rng, images)
         if self.strength > 0:
             images = self._intensity(rng, images)
         return images, targets, masks
@@ -96,6 +99,13 @@ class DeviceLoader:
         theta[flip, 0, :] *= -1                                       # the flip comes first, in input space
         return F.affine_grid(torch.as_tensor(theta, dtype=torch.float32, device=self.device),
                              [n, 3, self.img_size, self.img_size], align_corners=False)
+
+    def _gray(self, rng, images: torch.Tensor) -> None:
+        chosen = np.flatnonzero(rng.random(len(images)) < self.gray_p)
+        if len(chosen):
+            index = torch.from_numpy(chosen).to(self.device)
+            weights = torch.tensor(GRAY_WEIGHTS, device=self.device).view(1, 3, 1, 1)
+            images[index] = (images[index] * weights).sum(1, keepdim=True).expand(-1, 3, -1, -1)
 
     def _intensity(self, rng, images: torch.Tensor) -> torch.Tensor:
         n, s = len(images), self.strength

@@ -60,6 +60,9 @@ class TrainConfig:
     architecture: str = opt("Unet", "the segmentation network (segmentation-models-pytorch): Unet, UnetPlusPlus, FPN, "
                             "DeepLabV3Plus, Linknet, MAnet, PAN, UPerNet, Segformer", kind="segmentation")
     pretrained: str = opt("imagenet", "none, imagenet (offline, tf_efficientnet_lite0/1/2), hub, or a state dict file")
+    input_norm: str = opt("backbone", "input normalisation: backbone (its pretrained mean and std) or image (each "
+                          "image's channels z-scored on their own, for scans such as MRI with no absolute "
+                          "intensity scale)", choices=("backbone", "image"))
     img_size: int = opt(224, "input size in pixels (square; segmentation: a multiple of 32)")
     drop_rate: float = opt(0.2, "dropout before the classifier", kind=CLASSIFICATION)
     # optimisation
@@ -77,6 +80,8 @@ class TrainConfig:
     label_smoothing: float = opt(0.1, "label smoothing of the targets")
     aug_strength: float = opt(1.0, "scales every augmentation's range; 0 turns them off (flips stay)")
     cutmix_p: float = opt(0.3, "probability of box-guided CutMix per image (needs lesion boxes)", kind=CLASSIFICATION)
+    gray_p: float = opt(0.0, "probability of turning a training image gray (its three channels their weighted "
+                        "mean), for sets where some images are gray or a missing channel was filled from another")
     cache_scale: float = opt(1.15, "training images are cached at cache_scale * img_size")
     allow_missing_classes: bool = opt(False, "train even when a class (or label) has no training image; its "
                                       "scores then mean nothing, so this is an error unless set")

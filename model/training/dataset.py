@@ -140,10 +140,15 @@ class EpochSampler(Sampler):
         return self.length
 
 
-def build_augmentation(img_size: int, strength: float) -> A.Compose:
-    """Flips, mild affine (small angles only: rotations change 'direction'), intensity, blur/noise."""
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)   # ITU-R 601 luma: OpenCV's and albumentations' weighted_average
+
+
+def build_augmentation(img_size: int, strength: float, gray_p: float = 0.0) -> A.Compose:
+    """Flips, mild affine (small angles only: rotations change 'direction'), gray, intensity, blur/noise."""
     s = strength
     transforms = [A.HorizontalFlip(p=0.5)]
+    if gray_p > 0:
+        transforms.append(A.ToGray(num_output_channels=3, method="weighted_average", p=gray_p))
     if s > 0:
         transforms += [
             A.Affine(scale=(1 - 0.15 * s, 1 + 0.15 * s), translate_percent=(-0.06 * s, 0.06 * s),
@@ -203,10 +208,10 @@ class TrainDataset(Dataset):
     A segmentation cache's target is the image's mask (int64 HW), moved with the image."""
 
     def __init__(self, cache: ImageCache, targets: np.ndarray, masks: np.ndarray, img_size: int,
-                 aug_strength: float, cutmix_p: float):
+                 aug_strength: float, cutmix_p: float, gray_p: float = 0.0):
         self.cache, self.targets, self.masks = cache, targets, masks
         self.cutmix_p = cutmix_p
-        self.transform = build_augmentation(img_size, aug_strength)
+        self.transform = build_augmentation(img_size, aug_strength, gray_p)
 
     def __len__(self):
         return len(self.cache)

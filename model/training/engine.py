@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from ..atomic import atomic_path, write_json
 from ..bundle import save_checkpoint
 from ..device import autocast, resolve_device, resolve_precision, spare_cores
-from ..network import InputNorm, create_network, head_parameters, normalisation
+from ..network import create_network, head_parameters, input_norm, normalisation
 from .config import TrainConfig
 from .augment import DeviceLoader, fits_on_device
 from .dataset import EpochSampler, EvalDataset, ImageCache, TrainDataset, epoch_seed
@@ -79,7 +79,8 @@ def checkpoint_meta(task, cfg: TrainConfig, fold: int, epoch: int, score: float)
     """What rebuilds and describes a fold's network; never the run's config (it holds machine paths)."""
     mean, std = normalisation(cfg.backbone)
     return {"task": task.name, **task.kind.network_spec(cfg, len(task.heads)), "backbone": cfg.backbone,
-            "heads": list(task.heads), "img_size": cfg.img_size, "mean": mean, "std": std, "fold": fold,
+            "heads": list(task.heads), "img_size": cfg.img_size, "mean": mean, "std": std,
+            "input_norm": cfg.input_norm, "fold": fold,
             "epoch": epoch, "score": score}
 
 
@@ -112,7 +113,7 @@ class Stepper:
                  device: torch.device, head=None):
         self.device, self.grad_clip = device, cfg.grad_clip
         self.precision = training_precision(device, cfg.precision)
-        self.norm = InputNorm(*normalisation(cfg.backbone)).to(device)
+        self.norm = input_norm(cfg.backbone, cfg.input_norm).to(device)
         # channels_last on CPU too: lite0 trains at 17 img/s instead of 9 on the 2-core dev CPU (oneDNN).
         spec = task.kind.network_spec(cfg, len(task.heads))
         net = create_network(cfg.backbone, spec["outputs"], cfg.pretrained, cfg.drop_rate, spec["architecture"])
@@ -210,9 +211,9 @@ def training_batches(cfg: TrainConfig, cache: ImageCache, targets: np.ndarray, m
     cache held there, or by loader processes that persist from epoch to epoch."""
     if resolve_augment(cfg, cache, device) == "device":
         return DeviceLoader(cache, targets, masks, sampler, batch_size, cfg.img_size, cfg.aug_strength,
-                            cfg.cutmix_p, device)
+                            cfg.cutmix_p, device, cfg.gray_p)
     workers = resolve_workers(cfg.workers, device)
-    dataset = TrainDataset(cache, targets, masks, cfg.img_size, cfg.aug_strength, cfg.cutmix_p)
+    dataset = TrainDataset(cache, targets, masks, cfg.img_size, cfg.aug_strength, cfg.cutmix_p, cfg.gray_p)
     # A generator of its own: the loader draws its workers' base seed from it, not from the global one
     # that dropout uses (which would then depend on the number of workers).
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=workers,

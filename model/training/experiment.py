@@ -25,7 +25,7 @@ from ..bundle import WEIGHTS_DIR, BundleError, export_bundle, load_checkpoint, s
 from ..decision import tune_rule
 from ..device import resolve_device
 from ..images import ImageReadError, load_rgb
-from ..network import normalisation
+from ..network import input_norm
 from ..readers import DatasetError, read_dataset
 from ..task import task_from_dict
 from .config import TrainConfig, differing_keys, portable, read_config, save_config, selected_folds
@@ -238,7 +238,7 @@ def _train(task, cfg: TrainConfig, device, report=None) -> dict | None:
             if not metrics["folds_missing"]:
                 _, frame, probs, _ = gather_oof(run_dir)
                 task.kind.draw_gallery(run_dir, task, labels, probs, fold_ids, metrics["rule"], cache.eval,
-                                       *normalisation(cfg.backbone))
+                                       input_norm(cfg.backbone, cfg.input_norm))
     except BaseException as e:
         if main:
             _mark_failed(run_dir, created, e)

@@ -42,11 +42,10 @@ def pick_mistakes(task, labels: np.ndarray, probs: np.ndarray, predicted: np.nda
 
 
 def write_gallery(run_dir: Path, task, images: list[np.ndarray], labels: np.ndarray, probs: np.ndarray,
-                  fold_ids: np.ndarray, rule: dict, mean, std) -> Path:
+                  fold_ids: np.ndarray, rule: dict, norm: InputNorm) -> Path:
     """Draw RUN_DIR/errors.png for OOF ``probs`` of the (N, H, W, 3) inference views ``images``."""
     predicted = task.decide(probs, rule)
     rows = pick_mistakes(task, labels, probs, predicted)
-    norm = InputNorm(mean, std)
     nets: dict[int, torch.nn.Module] = {}
 
     def draw(ax, pick):

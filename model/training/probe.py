@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_path
-from ..network import InputNorm, create_network, normalisation
+from ..network import create_network, input_norm
 from .config import TrainConfig
 
 log = logging.getLogger("train")
@@ -34,6 +34,8 @@ CACHE = Path(__file__).resolve().parents[2] / "runs" / ".cache" / "features"
 
 def _cache_key(cfg: TrainConfig, n_heads: int, hashes: list[str]) -> str:
     parts = [cfg.backbone, str(cfg.img_size), cfg.pretrained, str(cfg.seed), str(n_heads), *hashes]
+    if cfg.input_norm != "backbone":      # appended, so that the keys of earlier caches still hold
+        parts.append(f"input_norm={cfg.input_norm}")
     digest = hashlib.sha256("\n".join(parts).encode())
     return digest.hexdigest()[:24]
 
@@ -55,7 +57,7 @@ def frozen_backbone(cfg: TrainConfig, n_heads: int):
 def compute_features(cfg: TrainConfig, n_heads: int, images: np.ndarray, device: torch.device) -> np.ndarray:
     """(N, 2, D) pooled features of each (H, W, 3) uint8 inference view and its flip."""
     net = frozen_backbone(cfg, n_heads).to(device).to(memory_format=torch.channels_last)
-    norm = InputNorm(*normalisation(cfg.backbone)).to(device)
+    norm = input_norm(cfg.backbone, cfg.input_norm).to(device)
     out = []
     for start in range(0, len(images), 32):
         batch = torch.from_numpy(images[start:start + 32]).permute(0, 3, 1, 2)

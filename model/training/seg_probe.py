@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..atomic import atomic_path
-from ..network import InputNorm, create_network, normalisation
+from ..network import create_network, input_norm
 
 log = logging.getLogger("train")
 STRIDE = 8
@@ -38,7 +38,7 @@ def encoder_features(cfg, task, images: np.ndarray, device: torch.device) -> np.
         torch.manual_seed(cfg.seed)   # a random encoder (pretrained none) must be the same in every process
         encoder = create_network(cfg.backbone, spec["outputs"], cfg.pretrained, architecture=spec["architecture"]).encoder
     encoder = encoder.eval().to(device)
-    norm = InputNorm(*normalisation(cfg.backbone)).to(device)
+    norm = input_norm(cfg.backbone, cfg.input_norm).to(device)
     size = images.shape[1] // STRIDE
     out = []
     for start in range(0, len(images), 16):
