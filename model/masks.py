@@ -28,7 +28,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .images import ImageReadError, decode_reason, read_file
 
@@ -45,6 +45,8 @@ def load_mask(path: str | Path, values: tuple[int, ...]) -> np.ndarray:
         data = read_file(path)
         with Image.open(io.BytesIO(data)) as im:
             im.load()
+            # Turned upright by its EXIF orientation, as its image is (model.images): a no-op without one.
+            ImageOps.exif_transpose(im, in_place=True)
             # A 1-bit image reads as 0/255; a palette image as its indices (the VOC convention).
             array = np.asarray(im.convert("L") if im.mode == "1" else im)
     except (OSError, ValueError, SyntaxError, ImageReadError, Image.DecompressionBombError) as e:

@@ -77,6 +77,28 @@ def test_dice_iou_and_the_empty_mask_convention():
     assert scores["specificity"] == pytest.approx(43 / 44)
 
 
+def test_a_mask_is_turned_upright_by_its_exif_orientation_as_its_image_is(tmp_path):
+    from PIL import Image
+    from model.images import load_rgb
+    raw = np.zeros((4, 6), np.uint8)
+    raw[0, 5] = 255                                                    # top right, before turning
+    exif = Image.Exif()
+    exif[0x0112] = 6                                                   # "rotate 90 clockwise to view"
+    Image.fromarray(raw).save(tmp_path / "m.png", exif=exif)
+    Image.fromarray(np.stack([raw] * 3, -1)).save(tmp_path / "i.png", exif=exif)
+    mask = M.load_mask(tmp_path / "m.png", (255,))
+    image = load_rgb(tmp_path / "i.png")
+    assert mask.shape == (6, 4) == image.shape[:2]
+    np.testing.assert_array_equal(mask * 255, image[..., 0])
+    assert mask[5, 3] == 1
+    # An upright mask drawn on the turned image (no EXIF of its own) fits it: no false size mismatch.
+    from model.readers.base import ReadResult, segmentation_sample
+    Image.fromarray(mask * 255).save(tmp_path / "upright.png")
+    result = ReadResult([])
+    assert segmentation_sample(seg_task(), tmp_path / "i.png", tmp_path / "upright.png", tmp_path, "p", result)
+    assert not result.problems
+
+
 def test_the_rule_removes_small_components_and_picks_the_likeliest_class():
     probs = np.zeros((2, 20, 20), np.float32)
     probs[0, 2:10, 2:10] = 0.9                  # a 64-pixel lesion of class 1

@@ -17,6 +17,7 @@ from ..masks import MaskError, load_mask
 
 log = logging.getLogger("model.readers")
 MAX_LISTED = 40
+ORIENTATION = 0x0112                  # the EXIF orientation tag
 COMMON_OPTIONS = ("reader", "root", "license")
 
 
@@ -251,10 +252,11 @@ def segmentation_sample(task, image: Path | None, mask: Path | None, root: Path,
 
 
 def _image_size(image: Path, problems: list[str]) -> tuple[int, int] | None:
-    """(width, height) from the image's header; None (a problem) when PIL cannot open it."""
+    """(width, height) from the image's header, upright as it is decoded (an EXIF orientation of 5 to 8
+    turns it a quarter); None (a problem) when PIL cannot open it."""
     try:
         with Image.open(image) as im:
-            return im.size
+            return im.size[::-1] if im.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8) else im.size
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         problems.append(f"{image}: cannot read this image ({e}); re-export it (PNG or TIFF) or remove it "
                         "and its mask")
