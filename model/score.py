@@ -230,22 +230,31 @@ def _stem_of(key: str, truth: dict) -> str | None:
 
 
 def score_folder(pred_dir: str | Path, gt_dir: str | Path, tasks) -> dict:
-    """Scores of every task whose ground truth is in ``gt_dir``."""
+    """Scores of every task whose ground truth is in ``gt_dir``. A task that cannot be scored (a broken
+    prediction file, say) is reported as an ``error`` beside the others' scores, with no overall score;
+    with nothing else to report, its error is raised."""
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     if not pred_dir.is_dir():
         raise ScoreError(f"{pred_dir}: prediction folder not found")
     if not gt_dir.is_dir():
         raise ScoreError(f"{gt_dir}: ground-truth folder not found")
-    results = {}
+    results, errors = {}, {}
     for task in tasks:
-        result = task.kind.score_outputs(task, pred_dir, gt_dir)
+        try:
+            result = task.kind.score_outputs(task, pred_dir, gt_dir)
+        except ScoreError as e:
+            errors[task.name] = str(e)
+            continue
         if result is not None:
             results[task.name] = result
-    if not results:
+    if errors and not results and len(errors) == 1:
+        raise ScoreError(next(iter(errors.values())))
+    if not results and not errors:
         raise ScoreError(f"{gt_dir}: no ground truth for the tasks {', '.join(t.name for t in tasks)} "
                          f"(looked for {', '.join(t.kind.truth_location(t) for t in tasks)})")
     out = {name: {"scores": r.scores, "problems": r.problems, "missing": r.missing} for name, r in results.items()}
-    if len(results) > 1:
+    out.update({name: {"error": message} for name, message in errors.items()})
+    if len(results) > 1 and not errors:
         out["overall"] = overall_score(r.scores["score"] for r in results.values())
     return out
 
@@ -253,7 +262,7 @@ def score_folder(pred_dir: str | Path, gt_dir: str | Path, tasks) -> dict:
 def format_report(report: dict) -> str:
     lines = []
     for name, entry in report.items():
-        if name == "overall":
+        if name == "overall" or "error" in entry:
             continue
         s = entry["scores"]
         parts = "   ".join(f"{k.replace('_', '-')} {s[k]:.4f}" for k in REPORTED if isinstance(s.get(k), float))
@@ -264,7 +273,8 @@ def format_report(report: dict) -> str:
         lines.append(f"overall  {report['overall']:.4f}")
     for name, entry in report.items():
         if name != "overall":
-            lines += [f"! {name}: {problem}" for problem in entry["problems"]]
+            lines += [f"! {name}: {problem}" for problem in entry.get("problems", ())]
+            lines += [f"! {name}: not scored: {entry['error']}"] if "error" in entry else []
     return "\n".join(lines)
 
 
@@ -291,7 +301,10 @@ def main(argv=None) -> int:
     if args.json:
         from .atomic import write_json
         write_json(args.json, report)
-    return 1 if any(entry.get("missing") for entry in report.values() if isinstance(entry, dict)) else 0
+    entries = [entry for entry in report.values() if isinstance(entry, dict)]
+    if any("error" in entry for entry in entries):
+        return 2
+    return 1 if any(entry.get("missing") for entry in entries) else 0
 
 
 if __name__ == "__main__":

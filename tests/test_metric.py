@@ -1,3 +1,4 @@
+import json
 import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
@@ -112,6 +113,21 @@ def test_score_rejects_a_wrong_header_and_a_missing_folder(tmp_path, capsys):
     (tmp_path / "pred/cla_pre.csv").unlink()
     assert guarded(score_main, [str(tmp_path / "pred"), str(tmp_path / "gt"), *tasks]) == 1
     assert "missing, task scored 0" in capsys.readouterr().out
+
+
+def test_a_task_that_cannot_be_scored_costs_the_other_task_nothing(tmp_path, capsys):
+    write(tmp_path / "gt/cla_gt.csv", "id,label\n1,0\n")
+    write(tmp_path / "pred/cla_pre.csv", "name,cls\n1,0\n")
+    write(tmp_path / "gt/fea_gt.csv", "id,boundary,calcification,direction,shape\n1,1,0,0,1\n")
+    write(tmp_path / "pred/fea_pre.csv", "id,boundary,calcification,direction,shape\n1,1,0,0,1\n")
+    args = [str(tmp_path / "pred"), str(tmp_path / "gt"), "--json", str(tmp_path / "r.json"),
+            "--task", "tasks/birads-cla.yaml", "--task", "tasks/birads-fea.yaml"]
+    assert guarded(score_main, args) == 2
+    out = capsys.readouterr().out
+    assert "fea      0.8000" in out and "overall" not in out
+    assert "! cla: not scored: " in out and "cla_pre.csv: header ['name', 'cls'] should start with id" in out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["fea"]["scores"]["score"] == pytest.approx(0.8) and "header" in report["cla"]["error"] and "overall" not in report
 
 
 def test_a_probability_csv_is_scored_by_auc(tmp_path):
