@@ -208,8 +208,10 @@ def run(options: RunOptions) -> RunReport:
             continue
         output = ready.prepared.bundle.task.output.file
         if output in outputs:
-            problems.append(f"{ready.folder}: writes {output} like {outputs[output]}; skipped (rename one task's "
-                            "output.file)")
+            result.failed = True              # reported with its task, beside what its loading noticed
+            result.problems.append(f"{ready.folder}: writes {output} like {outputs[output]}; skipped (rename one "
+                                   "task's output.file)")
+            results.append(result)
             continue
         outputs[output] = ready.folder
         results.append(predict_task(ready, result, options, device))

@@ -219,6 +219,18 @@ def test_an_absent_task_folder_moves_its_old_csv_aside(tmp_path, weights, capsys
     assert not (tmp_path / "out/cla_pre.csv").exists() and len(pd.read_csv(tmp_path / "out/fea_pre.csv")) == 2
 
 
+def test_two_bundles_writing_one_output_keep_the_first_and_report_the_second(tmp_path, capsys):
+    for name in ("a", "b"):
+        make_bundle(tmp_path / "w" / name, generic_task(name, test_folder=".", output={"file": "same.csv"}))
+    make_bundle(tmp_path / "w" / "c", generic_task("c", test_folder=".", output={"file": "c.csv"}))
+    for i in (1, 2):
+        save_image(tmp_path / "test" / f"{i:04d}.png", fake_ultrasound(i))
+    assert run_main(tmp_path / "w", tmp_path / "test", tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'w' / 'b'}: writes same.csv like {tmp_path / 'w' / 'a'}; skipped" in err
+    assert len(pd.read_csv(tmp_path / "out/same.csv")) == 2 and len(pd.read_csv(tmp_path / "out/c.csv")) == 2
+
+
 def test_any_task_bundle_is_served_with_no_task_code(tmp_path):
     task = generic_task("tumour", heads=("benign", "malignant"), test_folder=".",
                         output={"file": "tumour.csv", "id": "filename", "values": "names"})
