@@ -127,7 +127,8 @@ def print_segmentation(r: dict) -> None:
     m, cfg = r["metrics"], r["cfg"]
     print(f"\n== {r['task'].name}: {m['n_images']} images, {len(m['per_fold'])} "
           f"folds grouped by patient; {cfg.architecture} on {cfg.backbone} at {cfg.img_size} px, {cfg.epochs} epochs, "
-          f"batch {cfg.batch_size}, lr {cfg.lr}; {r['minutes']:.1f} min on {resolve_device(cfg.device)} "
+          f"batch {cfg.batch_size}, lr {cfg.lr}, input_norm {cfg.input_norm}, gray_p {cfg.gray_p}; "
+          f"{r['minutes']:.1f} min on {resolve_device(cfg.device)} "
           f"({r['device']} autocast)")
     tuned, neutral = m["oof_tuned_rule"], m["oof_default_rule"]
     print(f"{'':<32}" + "".join(f"{k.replace('_', ' '):>16}" for k in SEGMENTATION_SCORES))
@@ -140,6 +141,9 @@ def print_segmentation(r: dict) -> None:
     print(f"per fold ({r['task'].metric}, neutral rule): " + ", ".join(f"{v:.3f}" for v in folds) +
           f"; mean {statistics.mean(folds):.3f} ± {statistics.pstdev(folds):.3f}")
     print(f"rule: {m['rule']} ({m['rule_report']['why']})")
+    volumes = sorted(tuned.get("per_volume_dice", {}).items(), key=lambda item: item[1])
+    if volumes:
+        print("weakest volumes (dice, rule kept): " + ", ".join(f"{name} {dice:.3f}" for name, dice in volumes[:4]))
     d = tuned.get("detection", {})
     if d:
         print(f"has a lesion, per image: sensitivity {d['sensitivity']:.3f}, specificity {d['specificity']:.3f}, "

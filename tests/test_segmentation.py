@@ -75,6 +75,9 @@ def test_dice_iou_and_the_empty_mask_convention():
     assert scores["iou"] == pytest.approx(np.mean([3 / 4, 1.0, 0.0]))
     assert scores["sensitivity"] == pytest.approx(3 / 4)
     assert scores["specificity"] == pytest.approx(43 / 44)
+    probs = predicted[:, None].astype(np.float32)
+    details = SEGMENTATION.details(seg_task(), MaskSet(truth, ["p1", "p1", "p2"]), predicted, probs)
+    assert details["per_volume_dice"] == pytest.approx({"p1": 6 / 7, "p2": 0.0})   # which patient fails
 
 
 def test_a_mask_is_turned_upright_by_its_exif_orientation_as_its_image_is(tmp_path):

@@ -213,15 +213,19 @@ class Segmentation(Kind):
         return M.segmentation_scores(counts, labels.groups, task.metric)
 
     def details(self, task, labels: MaskSet, predicted, probs) -> dict:
-        """Per class scores, and the image-level answer "has a lesion": sensitivity, specificity, AUC."""
+        """Per class scores, each image's and each volume's Dice, and the image-level answer "has a lesion":
+        sensitivity, specificity, AUC."""
         from ..metric import binary_auc, binary_rates
         counts = M.pixel_counts(predicted, labels.masks, len(task.heads))
         has_true = (labels.masks > 0).reshape(len(labels), -1).any(1)
         has_predicted = (np.asarray(predicted) > 0).reshape(len(labels), -1).any(1)
         detection = {**binary_rates(has_true, has_predicted), "images_with_lesion": int(has_true.sum()),
                      "auc": binary_auc(has_true, lesion_probability(probs).max(1))}
+        groups = np.arange(len(counts)) if labels.groups is None else labels.groups
+        names, volumes = M.volume_counts(counts, groups)
         return {"per_class": M.per_class_scores(counts, labels.groups, task.heads), "detection": detection,
-                "per_image_dice": M.image_dice(counts).tolist()}
+                "per_image_dice": M.image_dice(counts).tolist(),
+                "per_volume_dice": dict(zip(names.tolist(), M.dice_of(volumes).mean(1).tolist()))}
 
     # --- outputs ---------------------------------------------------------------------------------------------
     def write_outputs(self, task, out_dir: Path, images, prediction, rule: dict, id_mode: str | None = None) -> Path:
