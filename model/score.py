@@ -48,6 +48,8 @@ def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
             rows = list(csv.reader(f))
     except (UnicodeDecodeError, csv.Error) as e:
         raise ScoreError(f"{path}: cannot read as a UTF-8 CSV ({e})") from e
+    except OSError as e:
+        raise ScoreError(f"{path}: cannot be read ({e.strerror or e})") from e
     if not rows:
         raise ScoreError(f"{path}: empty file")
     return [c.strip() for c in rows[0]], rows[1:]

@@ -83,6 +83,10 @@ def record(name: str, pred_dir: Path, weights: Path = WEIGHTS_DIR, gt_dir: Path 
     missing = [str(p) for p in csvs if not p.exists()]
     if missing:
         raise SubmissionError(f"missing {', '.join(missing)}: run python run.py first")
+    local = score_folder(pred_dir, gt_dir, list(tasks.values())) if gt_dir else {}
+    unscored = [f"{t}: {entry['error']}" for t, entry in local.items() if t != "overall" and "error" in entry]
+    if unscored:
+        raise SubmissionError(f"not recorded, a task cannot be scored against {gt_dir}: {'; '.join(unscored)}")
     date = (today or dt.date.today()).isoformat()
     folder = root / f"{date}-{name}"
     staging = root / f".{folder.name}.tmp"
@@ -94,7 +98,6 @@ def record(name: str, pred_dir: Path, weights: Path = WEIGHTS_DIR, gt_dir: Path 
     for bundle_folder, task in tasks.items():
         shutil.copy2(bundle_folder / MANIFEST, staging / f"{task.name}_{MANIFEST}")
         oof[task.name] = (manifests[bundle_folder].get("cv") or {}).get("oof_score_tuned_rule")
-    local = score_folder(pred_dir, gt_dir, list(tasks.values())) if gt_dir else {}
     local_scores = {t: entry["scores"]["score"] for t, entry in local.items() if t != "overall"}
     row = {"name": name, "date": date, "commit": git_commit(),
            **{f"oof_{t}": v for t, v in oof.items()}, "oof_overall": _mean(oof.values()),

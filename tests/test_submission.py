@@ -144,6 +144,21 @@ def test_record_archives_exactly_what_was_submitted_and_plot_draws_every_scored_
         set_public("third", 0.5, root)
 
 
+def test_a_submission_with_a_task_that_cannot_be_scored_is_not_recorded(tmp_path, weights):
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    (preds / "cla_pre.csv").write_text("name,cls\n1,0\n")                  # a broken prediction file
+    (preds / "fea_pre.csv").write_text("id,boundary,calcification,direction,shape\n1,1,0,0,1\n")
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    (gt / "cla_gt.csv").write_text("id,label\n1,0\n")
+    (gt / "fea_gt.csv").write_text("id,boundary,calcification,direction,shape\n1,1,0,0,1\n")
+    root = tmp_path / "submissions"
+    with pytest.raises(SubmissionError, match=r"not recorded, a task cannot be scored .*cla: .*header \['name', 'cls'\]"):
+        record("broken", preds, weights, gt, root=root)
+    assert not root.exists() or not any(root.iterdir())                    # no archive, no staging left behind
+
+
 def test_plot_needs_a_scored_submission(tmp_path):
     with pytest.raises(SubmissionError, match="no submission has an OOF score and a public or local score"):
         plot(tmp_path / "p.png", tmp_path / "empty")
