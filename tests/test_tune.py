@@ -109,3 +109,23 @@ def test_trials_side_by_side_share_one_journal(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[job 0]" in out and "[job 1]" in out and "trials per hour" in out
     assert (tmp_path / "o" / "best_config.yaml").is_file()
+
+
+def test_a_study_resumed_after_the_space_grew_reports_what_its_best_trial_ran(tmp_path):
+    from model.training.tune import best_config
+    base = build_config(CLA_TASK, overrides={"input_norm": "image", "lr": 1e-3})
+    space = {"lr": SPACE["lr"], "input_norm": {"choices": ["backbone", "image"]}}
+    run_dir = tmp_path / "trial-0"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("lr: 0.002\nlabel_smoothing: 0.05\n")   # written before input_norm existed
+
+    def old_trial(**attrs):
+        return optuna.trial.create_trial(params={"lr": 0.002}, distributions={"lr": optuna.distributions.FloatDistribution(
+            1e-4, 1e-2, log=True)}, value=0.5, user_attrs=attrs)
+    cfg = best_config(base, space, old_trial(run_dir=str(run_dir)), CLA_TASK)
+    assert cfg.lr == 0.002 and cfg.input_norm == "backbone"           # what the trial ran, not the base's image
+    assert best_config(base, space, old_trial(), CLA_TASK).input_norm == "backbone"
+    searched = optuna.trial.create_trial(params={"lr": 0.002, "input_norm": "image"}, distributions={
+        "lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+        "input_norm": optuna.distributions.CategoricalDistribution(["backbone", "image"])}, value=0.5)
+    assert best_config(dataclasses.replace(base, input_norm="backbone"), space, searched, CLA_TASK).input_norm == "image"

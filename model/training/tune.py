@@ -30,7 +30,7 @@ import yaml
 from ..atomic import write_json, write_text
 from ..device import device_list
 from ..readers import locate_dataset
-from .config import RUNTIME_KEYS, TrainConfig, applicable, build_config, check_key, selected_folds
+from .config import RUNTIME_KEYS, TrainConfig, applicable, build_config, check_key, read_config, selected_folds
 from .options import PROJECT, add_task_flags, overrides_from, task_of
 
 log = logging.getLogger("tune")
@@ -123,11 +123,20 @@ def best_of(run_dir: str, fold: int) -> float:
     return json.loads((Path(run_dir) / f"fold{fold}" / "done.json").read_text())["score"]
 
 
-def best_config(base: TrainConfig, space: dict, trial: optuna.trial.FrozenTrial, heads) -> TrainConfig:
+def best_config(base: TrainConfig, space: dict, trial: optuna.trial.FrozenTrial, task) -> TrainConfig:
+    """The best trial's recipe. A key the space searches but the trial did not (a study resumed after the
+    space grew) takes the value the trial's run used: its config.yaml, or the default from before the key."""
     params = dict(trial.params)
-    values = {}
+    values, ran = {}, None
     for key, spec in space.items():
-        values[key] = [params[f"{key}.{h}"] for h in heads] if spec.get("per_label") else params[key]
+        names = [f"{key}.{h}" for h in task.heads] if spec.get("per_label") else [key]
+        if all(name in params for name in names):
+            values[key] = [params[name] for name in names] if spec.get("per_label") else params[key]
+            continue
+        if ran is None:
+            saved = Path(trial.user_attrs.get("run_dir", "")) / "config.yaml"
+            ran = read_config(saved, task.kind) if saved.is_file() else TrainConfig()
+        values[key] = getattr(ran, key)
     return dataclasses.replace(base, **values, out="", folds="all")
 
 
@@ -141,7 +150,7 @@ def summarise_study(study: optuna.Study, task, base: TrainConfig, space: dict, o
         best = study.best_trial
         summary.update(best_value=best.value, best_trial=best.number, best_params=best.params,
                        best_oof_tuned_rule=best.user_attrs.get("oof_tuned_rule"))
-        cfg = best_config(base, space, best, task.heads)
+        cfg = best_config(base, space, best, task)
         header = (f"# Best trial {best.number} of study {study.study_name}: OOF {task.name} {task.metric} "
                   f"{best.value:.4f} (neutral rule). Train it on every fold:\n"
                   f"#   python train.py --task {task.source} --config {out / 'best_config.yaml'} "
