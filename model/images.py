@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
+ORIENTATION = 0x0112   # the EXIF orientation tag
 
 # A pixel brighter than this (max over channels) counts as content when cropping the frame.
 BORDER_LEVEL = 12
@@ -90,6 +91,19 @@ def read_file(path: str | Path, timeout: float | None = None) -> bytes:
     if "error" in box:
         raise ImageReadError(f"{path}: cannot read ({box['error'].strerror or box['error']})")
     return box["data"]
+
+
+def upright_size(im: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened image as load_rgb decodes it: an EXIF orientation of 5 to 8 turns it a
+    quarter. From the header alone: a PNG's eXIf chunk counts where writers put it, before the pixels,
+    because Pillow's getexif() decodes a whole PNG to look for one after them."""
+    if im.format == "PNG":
+        exif = Image.Exif()
+        if "exif" in im.info:
+            exif.load(im.info["exif"])
+    else:
+        exif = im.getexif()
+    return im.size[::-1] if exif.get(ORIENTATION, 1) in (5, 6, 7, 8) else im.size
 
 
 def load_rgb(path: str | Path, timeout: float | None = None) -> np.ndarray:

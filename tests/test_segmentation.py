@@ -102,6 +102,26 @@ def test_a_mask_is_turned_upright_by_its_exif_orientation_as_its_image_is(tmp_pa
     assert not result.problems
 
 
+def test_masks_written_for_exif_turned_images_pass_the_pre_flight_check(tmp_path):
+    from PIL import Image
+    from model.predict import list_test_images
+    exif = Image.Exif()
+    exif[0x0112] = 8                                                   # "rotate 90 counter-clockwise to view"
+    scan = np.zeros((64, 96, 3), np.uint8)
+    scan[10:30, 20:50] = 200
+    (tmp_path / "test").mkdir()
+    for name in ("0001.png", "0002.jpg"):
+        Image.fromarray(scan).save(tmp_path / "test" / name, exif=exif)
+    task = seg_task()
+    make_seg_bundle(tmp_path / "w" / "blobs", task)
+    assert run.main(["--weights", str(tmp_path / "w"), "--test-dir", str(tmp_path / "test"), "--out-dir",
+                     str(tmp_path / "out"), "--quiet", "--workers", "0"]) == 0
+    written = tmp_path / "out" / task.output.file
+    assert Image.open(written / "0002.png").size == (64, 96)          # upright: 64 wide, 96 high
+    images = list_test_images(tmp_path / "test", "filename").images
+    assert SEGMENTATION.validate_output(written, task, images) == []
+
+
 def test_the_rule_removes_small_components_and_picks_the_likeliest_class():
     probs = np.zeros((2, 20, 20), np.float32)
     probs[0, 2:10, 2:10] = 0.9                  # a 64-pixel lesion of class 1

@@ -265,6 +265,7 @@ class Segmentation(Kind):
 
         from .. import mask_outputs as O
         from ..check import read_output_csv
+        from ..images import upright_size
         if task.output.values == "summary":
             rows, problems = read_output_csv(path, task)
             return problems or ([] if len(rows) == len(images) + 1 else [f"{path}: {len(rows) - 1} rows for {len(images)} images"])
@@ -273,7 +274,8 @@ class Segmentation(Kind):
             with Image.open(image.path) as im:
                 key = Path(name).stem if task.output.values == "masks" else \
                     str(image.id if task.output.id == "number" else image.name)
-                shapes[key] = (im.height, im.width)
+                width, height = upright_size(im)      # as run.py decoded it (EXIF orientation applied)
+                shapes[key] = (height, width)
         try:
             if task.output.values == "masks":
                 found, problems = O.read_mask_folder(path, list(shapes), task.mask_values)

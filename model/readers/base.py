@@ -11,13 +11,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..images import is_image_file, is_regular_file
+from ..images import is_image_file, is_regular_file, upright_size
 from ..keys import unknown_key_message
 from ..masks import MaskError, load_mask
 
 log = logging.getLogger("model.readers")
 MAX_LISTED = 40
-ORIENTATION = 0x0112                  # the EXIF orientation tag
 COMMON_OPTIONS = ("reader", "root", "license")
 
 
@@ -256,7 +255,7 @@ def _image_size(image: Path, problems: list[str]) -> tuple[int, int] | None:
     turns it a quarter); None (a problem) when PIL cannot open it."""
     try:
         with Image.open(image) as im:
-            return im.size[::-1] if im.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8) else im.size
+            return upright_size(im)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         problems.append(f"{image}: cannot read this image ({e}); re-export it (PNG or TIFF) or remove it "
                         "and its mask")
