@@ -201,6 +201,8 @@ def test_cli_reports_bad_data_bad_keys_and_bad_devices(tmp_path, capsys, cla_dat
     assert "unknown config key 'learning_rate'" in capsys.readouterr().err
     assert cli_main([*task, "--set", "lr=abc", "--show-config"]) == 2
     assert "lr='abc': expected float" in capsys.readouterr().err
+    assert cli_main([*task, "--set", "gray_p=1.5", "--show-config"]) == 2
+    assert "gray_p=1.5: a probability, from 0 to 1" in capsys.readouterr().err
     assert cli_main([*task, "--set", "imbalanc=none", "--show-config"]) == 2
     assert "did you mean 'imbalance'?" in capsys.readouterr().err
     assert cli_main([*task, "--set", "label_weights=1,1,1,1", "--show-config"]) == 2

@@ -19,10 +19,11 @@ from ..keys import did_you_mean
 CLASSIFICATION = ("single-label", "multi-label")
 
 
-def opt(default, help: str, kind: str | tuple | None = None, choices: tuple = ()):
-    """A config field with its description, the task kind(s) it belongs to (None: every kind) and its choices."""
+def opt(default, help: str, kind: str | tuple | None = None, choices: tuple = (), probability: bool = False):
+    """A config field with its description, the task kind(s) it belongs to (None: every kind), its choices,
+    and whether it is a probability (0 to 1)."""
     factory = {"default_factory": (lambda: list(default))} if isinstance(default, list) else {"default": default}
-    return field(**factory, metadata={"help": help, "kind": kind, "choices": choices})
+    return field(**factory, metadata={"help": help, "kind": kind, "choices": choices, "probability": probability})
 
 
 @dataclass
@@ -79,9 +80,11 @@ class TrainConfig:
     # regularisation and augmentation
     label_smoothing: float = opt(0.1, "label smoothing of the targets")
     aug_strength: float = opt(1.0, "scales every augmentation's range; 0 turns them off (flips stay)")
-    cutmix_p: float = opt(0.3, "probability of box-guided CutMix per image (needs lesion boxes)", kind=CLASSIFICATION)
+    cutmix_p: float = opt(0.3, "probability of box-guided CutMix per image (needs lesion boxes)", kind=CLASSIFICATION,
+                          probability=True)
     gray_p: float = opt(0.0, "probability of turning a training image gray (its three channels their weighted "
-                        "mean), for sets where some images are gray or a missing channel was filled from another")
+                        "mean), for sets where some images are gray or a missing channel was filled from another; "
+                        "not scaled by aug_strength", probability=True)
     cache_scale: float = opt(1.15, "training images are cached at cache_scale * img_size")
     allow_missing_classes: bool = opt(False, "train even when a class (or label) has no training image; its "
                                       "scores then mean nothing, so this is an error unless set")
@@ -144,6 +147,8 @@ def coerce(key: str, value, kind):
         raise ValueError(f"{key}={value!r}: expected {type(default).__name__}, like {default!r}") from None
     if meta["choices"] and value not in meta["choices"]:
         raise ValueError(f"{key}={value!r}: choose from {', '.join(meta['choices'])}")
+    if meta["probability"] and not 0 <= value <= 1:
+        raise ValueError(f"{key}={value!r}: a probability, from 0 to 1")
     return value
 
 
