@@ -29,7 +29,8 @@ from .network import CLASSIFIER, NORM_SCOPES, InputNorm, create_network
 from .task import Task, TaskFileError, load_task, task_from_dict
 
 CHECKPOINT_FORMAT = "birads-checkpoint/1"
-BUNDLE_FORMAT = "harness-bundle/3"
+BUNDLE_FORMAT = "harness-bundle/4"
+V3_FORMAT = "harness-bundle/3"
 V2_FORMAT = "harness-bundle/2"
 V1_FORMAT = "birads-bundle/1"
 # What a bundle's checkpoint keeps: what rebuilds and describes the network, never the run's config.
@@ -164,8 +165,7 @@ class Bundle:
                 raise BundleError(f"{self.folder / entry['file']}: its weights do not fit the network the manifest "
                                   f"describes ({str(e).splitlines()[0]}); re-export the bundle") from e
         network = self.manifest["network"]
-        ensemble = FoldEnsemble(nets, network["mean"], network["std"], self.task.kind,
-                                network.get("input_norm", "backbone"))
+        ensemble = FoldEnsemble(nets, network["mean"], network["std"], self.task.kind, network["input_norm"])
         return ensemble.to(self.device).eval()
 
     @property
@@ -197,8 +197,8 @@ class Bundle:
 
 
 def read_manifest(folder: str | Path) -> dict:
-    """The manifest of the bundle in ``folder``, checked in every field run.py relies on; a v1 (BI-RADS)
-    manifest is upgraded in memory."""
+    """The manifest of the bundle in ``folder``, checked in every field run.py relies on; a manifest of an
+    earlier format (v1 BI-RADS, v2, v3) is upgraded in memory, one format at a time."""
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.is_file():
@@ -221,6 +221,8 @@ def read_manifest(folder: str | Path) -> dict:
         manifest = _upgrade_v1(manifest, path)
     if isinstance(manifest, dict) and manifest.get("format") == V2_FORMAT:
         manifest = _upgrade_v2(manifest, path)
+    if isinstance(manifest, dict) and manifest.get("format") == V3_FORMAT:
+        manifest = _upgrade_v3(manifest)
     return validate_manifest(manifest, folder)
 
 
@@ -243,7 +245,7 @@ def _upgrade_v1(old: dict, path: Path) -> dict:
 
 def _upgrade_v2(old: dict, path: Path) -> dict:
     """A harness-bundle/2 manifest (classification only, before the network said what it outputs) as a
-    harness-bundle/3 one: a classifier with one output per head, on the frame-cropped input."""
+    harness-bundle/3 one (upgraded on to 4 next): a classifier with one output per head, on the frame-cropped input."""
     network = old.get("network")
     try:
         task = task_from_dict(old.get("task"), f"{path}: task", training=False)
@@ -252,9 +254,20 @@ def _upgrade_v2(old: dict, path: Path) -> dict:
     if not isinstance(network, dict):
         return old
     size = network.get("input_size")
-    return {**old, "format": BUNDLE_FORMAT, "upgraded_from": old.get("upgraded_from", V2_FORMAT),
+    return {**old, "format": V3_FORMAT, "upgraded_from": old.get("upgraded_from", V2_FORMAT),
             "network": {**network, "architecture": CLASSIFIER, "crop_border": True,
                         "outputs": task.kind.output_block(task, size)}}
+
+
+def _upgrade_v3(old: dict) -> dict:
+    """A harness-bundle/3 manifest (before input_norm) as a harness-bundle/4 one: its networks were all
+    trained on the backbone's mean and std. The format changed so that a harness from before input_norm
+    refuses a bundle whose images must be normalised one by one, rather than normalising them wrongly."""
+    network = old.get("network")
+    if not isinstance(network, dict):
+        return old
+    return {**old, "format": BUNDLE_FORMAT, "upgraded_from": old.get("upgraded_from", V3_FORMAT),
+            "network": {**network, "input_norm": "backbone"}}
 
 
 def validate_manifest(manifest, folder: Path) -> dict:
@@ -283,7 +296,7 @@ def validate_manifest(manifest, folder: Path) -> dict:
         values = network.get(key)
         if not _numbers(values, 3) or (key == "std" and min(values) <= 0):
             fail(f"network.{key} {values!r} is not three numbers")
-    if network.get("input_norm", "backbone") not in NORM_SCOPES:
+    if network.get("input_norm") not in NORM_SCOPES:
         fail(f"network.input_norm {network.get('input_norm')!r} is not one of {', '.join(NORM_SCOPES)}")
     if not isinstance(network.get("architecture"), str) or not isinstance(network.get("crop_border"), bool):
         fail("network.architecture or network.crop_border missing")

@@ -143,6 +143,18 @@ def test_a_v1_birads_manifest_still_loads_as_its_task_file(tmp_path):
         load_bundle(folder)
 
 
+def test_a_v3_manifest_loads_as_backbone_normalised_and_a_v4_one_must_say(tmp_path):
+    from tests.helpers import PROJECT
+    shipped = read_manifest(PROJECT / "model" / "weights" / "cla")          # the shipped bundles are v3 files
+    assert shipped["format"] == "harness-bundle/4" and shipped["upgraded_from"] == "harness-bundle/3"
+    assert shipped["network"]["input_norm"] == "backbone"
+    folder = make_bundle(tmp_path / "cla", "cla")
+    assert read_manifest(folder)["format"] == "harness-bundle/4" and "upgraded_from" not in read_manifest(folder)
+    edit_manifest(folder, lambda m: m["network"].pop("input_norm"))
+    with pytest.raises(BundleError, match="network.input_norm None is not one of backbone, image"):
+        load_bundle(folder)
+
+
 def test_a_checkpoint_that_disagrees_with_its_manifest_is_refused(tmp_path):
     folder = make_bundle(tmp_path / "cla", "cla")
     edit_manifest(folder, lambda m: m["network"].update(input_size=64))
