@@ -267,7 +267,7 @@ def _upgrade_v3(old: dict) -> dict:
     if not isinstance(network, dict):
         return old
     return {**old, "format": BUNDLE_FORMAT, "upgraded_from": old.get("upgraded_from", V3_FORMAT),
-            "network": {**network, "input_norm": "backbone"}}
+            "network": {"input_norm": "backbone", **network}}
 
 
 def validate_manifest(manifest, folder: Path) -> dict:
