@@ -249,7 +249,7 @@ def score_folder(pred_dir: str | Path, gt_dir: str | Path, tasks) -> dict:
             continue
         if result is not None:
             results[task.name] = result
-    if errors and not results and len(errors) == 1:
+    if len(errors) == 1 and not results:
         raise ScoreError(next(iter(errors.values())))
     if not results and not errors:
         raise ScoreError(f"{gt_dir}: no ground truth for the tasks {', '.join(t.name for t in tasks)} "

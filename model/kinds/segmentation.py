@@ -221,8 +221,7 @@ class Segmentation(Kind):
         has_predicted = (np.asarray(predicted) > 0).reshape(len(labels), -1).any(1)
         detection = {**binary_rates(has_true, has_predicted), "images_with_lesion": int(has_true.sum()),
                      "auc": binary_auc(has_true, lesion_probability(probs).max(1))}
-        groups = np.arange(len(counts)) if labels.groups is None else labels.groups
-        names, volumes = M.volume_counts(counts, groups)
+        names, volumes = M.volume_counts(counts, labels.groups)
         return {"per_class": M.per_class_scores(counts, labels.groups, task.heads), "detection": detection,
                 "per_image_dice": M.image_dice(counts).tolist(),
                 "per_volume_dice": dict(zip(names.tolist(), M.dice_of(volumes).mean(1).tolist()))}

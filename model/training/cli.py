@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 from ..cli import guarded
-from ..device import device_list
 from ..task import load_task
 from .config import build_config, describe
-from .options import add_task_flags, overrides_from, task_of
+from .options import add_task_flags, jobs_and_devices, overrides_from, task_of
 
 
 def _train_parser(prog: str, default_task: Path | None) -> argparse.ArgumentParser:
@@ -48,10 +47,7 @@ def _main(argv: list[str], default_task: Path | None, prog: str) -> int:
         parser.error("--jobs must be at least 1")
     task = task_of(args)
     overrides = {**overrides_from(args), "out": args.out}
-    devices = device_list(overrides["device"]) if overrides.get("device") else []
-    jobs = max(args.jobs, len(devices))                 # a device list: at least one job per device
-    if len(devices) > 1:
-        overrides["device"] = devices[0]                # this process only gathers; each job gets its own
+    jobs, devices = jobs_and_devices(overrides, args.jobs)
     cfg = build_config(task, args.config, overrides)
     if args.show_config:
         print(f"# recipe keys for {task.name} ({task.kind.name}); set any with --set KEY=VALUE\n" + describe(cfg, task.kind),

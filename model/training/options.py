@@ -40,5 +40,16 @@ def overrides_from(args: argparse.Namespace) -> dict:
     return out
 
 
+def jobs_and_devices(overrides: dict, jobs: int) -> tuple[int, list[str]]:
+    """(the number of jobs, the devices they go to in turn) for ``--jobs`` and a ``--device`` list: at least
+    one job per device. With several devices ``overrides["device"]`` becomes the first, for this process,
+    which only spreads the jobs; each job gets its own."""
+    from ..device import device_list
+    devices = device_list(overrides["device"]) if overrides.get("device") else []
+    if len(devices) > 1:
+        overrides["device"] = devices[0]
+    return max(jobs, len(devices)), devices
+
+
 def task_of(args: argparse.Namespace):
     return load_task(args.task)

@@ -28,10 +28,9 @@ import torch
 import yaml
 
 from ..atomic import write_json, write_text
-from ..device import device_list
 from ..readers import locate_dataset
 from .config import RUNTIME_KEYS, TrainConfig, applicable, build_config, check_key, read_config, selected_folds
-from .options import PROJECT, add_task_flags, overrides_from, task_of
+from .options import PROJECT, add_task_flags, jobs_and_devices, overrides_from, task_of
 
 log = logging.getLogger("tune")
 SPACES = Path(__file__).resolve().parent / "search_spaces"
@@ -264,10 +263,7 @@ def main(argv: list[str], default_task: Path | None, prog: str) -> int:
         p.error("--jobs and --trials must be at least 1")
     task = task_of(args)
     overrides = overrides_from(args)
-    devices = device_list(overrides["device"]) if overrides.get("device") else []
-    args.jobs = max(args.jobs, len(devices))            # a device list: at least one job per device
-    if len(devices) > 1:
-        overrides["device"] = devices[0]
+    args.jobs, devices = jobs_and_devices(overrides, args.jobs)
     pinned = {k for k, v in overrides.items() if v is not None} - {"data", "folds"}
     base = build_config(task, args.config, overrides)
     if args.jobs > 1:
