@@ -390,9 +390,14 @@ def export_bundle(folder: str | Path, checkpoints: list[dict], manifest: dict, r
     in ``folder`` is replaced only when ``replace``; it is then moved into ``backups`` (if given), not deleted.
     """
     folder = Path(folder)
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()  # an empty folder holds nothing to keep
+    if folder.exists() and not (folder / MANIFEST).is_file():
+        # --force replaces a bundle; a folder of the user's own is never moved away, even then.
+        raise BundleError(f"{folder} already exists and holds no bundle (no {MANIFEST}); it is not replaced, "
+                          "even with --force: choose another --out")
     if folder.exists() and not replace:
-        what = "already holds a bundle" if (folder / MANIFEST).is_file() else "already exists (it holds no bundle)"
-        raise BundleError(f"{folder} {what}; pass --force to replace it (the old one is kept "
+        raise BundleError(f"{folder} already holds a bundle; pass --force to replace it (the old one is kept "
                           f"in {backups or 'a backup folder'}), or choose another --out")
     folder.parent.mkdir(parents=True, exist_ok=True)
     first = checkpoints[0]

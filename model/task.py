@@ -142,7 +142,13 @@ def read_bounded_yaml(path: Path):
 
     if node is not None:
         expanded(node, 0)
-    return yaml.safe_load(text)
+    try:
+        return yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as e:
+        # A tag such as !!python/object/apply: safe_load runs nothing and refuses it; it is the user's file.
+        raise TaskFileError(f"{path}: {e.problem_mark.line + 1 if e.problem_mark else '?'}: the YAML tag "
+                            f"{(e.problem or '').split('tag ')[-1]} is not allowed in a task file; write plain "
+                            "values") from None
 
 
 def load_task(path: str | Path) -> Task:

@@ -136,3 +136,19 @@ def test_a_probability_csv_is_scored_by_auc(tmp_path):
     write(tmp_path / "pred/tumour_pre.csv", "id,benign,malignant\n1,0.9,0.1\n2,0.2,0.8\n3,0.6,0.4\n4,0.7,0.3\n")
     report = score_folder(tmp_path / "pred", tmp_path / "gt", [task])
     assert report["tumour"]["scores"]["score"] == pytest.approx(roc_auc_score([0, 1, 1, 0], [0.1, 0.8, 0.4, 0.3]))
+
+
+@pytest.mark.parametrize("positive", ["malignant", "benign"])
+def test_a_binary_tasks_details_rank_by_the_positive_class_probability(positive):
+    # The AUC and the rates belong to the task's positive class, whichever column it is: scored on the
+    # other column, this AUC would be 0.0 rather than 1.0.
+    task = generic_task(positive=positive)
+    p = task.positive_index
+    labels = np.array([0, 0, 1, 1, 0, 1])
+    p_positive = np.where(labels == p, [0.9, 0.8, 0.7, 0.95, 0.6, 0.65], [0.1, 0.3, 0.2, 0.4, 0.35, 0.05])
+    probs = np.zeros((6, 2))
+    probs[:, p], probs[:, 1 - p] = p_positive, 1 - p_positive
+    predicted = np.argmax(probs, axis=1)
+    binary = task.kind.details(task, labels, predicted, probs)["binary"]
+    assert binary["positive"] == positive and binary["auc"] == 1.0
+    assert binary["sensitivity"] == 1.0 and binary["specificity"] == 1.0

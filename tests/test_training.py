@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 import run
 from model.metric import UNKNOWN
@@ -216,6 +217,8 @@ def test_cli_reports_bad_data_bad_keys_and_bad_devices(tmp_path, capsys, cla_dat
     out = capsys.readouterr().out
     assert "epochs: 3" in out and "soft_f1_weight: 0.1" in out and "label_weights: [1.0, 2.0, 1.0, 1.0]" in out
     assert "imbalance" not in out and "# loss weight per label" in out
+    listed = yaml.safe_load(out)  # each line is "key: value": the listing reads back as a config file
+    assert listed["epochs"] == 3 and listed["label_weights"] == [1.0, 2.0, 1.0, 1.0] and "{" not in out
 
 
 def test_export_explains_what_is_wrong(tmp_path, capsys, fea_data):

@@ -182,7 +182,9 @@ def describe(cfg: TrainConfig, kind) -> str:
     lines = []
     for name, f in config_fields().items():
         if applies(name, kind):
-            value = yaml.safe_dump({name: getattr(cfg, name)}, allow_unicode=True, default_flow_style=True).strip()
+            # One "key: value" line per key, valid YAML for a config file (a flow mapping would print {key: value}).
+            text = yaml.safe_dump(getattr(cfg, name), allow_unicode=True, default_flow_style=True, width=10_000)
+            value = f"{name}: {text.removesuffix(chr(10)).removesuffix('...').strip()}"
             lines.append(f"{value:<40} # {f.metadata['help']}")
     return "\n".join(lines) + "\n"
 
