@@ -15,6 +15,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parent
 sys.path.insert(0, str(PROJECT))
 
+import model.kinds  # noqa: E402,F401  (the entry point registers the task kinds)
 from model.bundle import WEIGHTS_DIR, make_tta  # noqa: E402
 from model.cli import guarded  # noqa: E402
 from model.device import PRECISIONS, DeviceError, resolve_device  # noqa: E402

@@ -33,6 +33,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
+import model.kinds  # noqa: E402,F401  (registers the task kinds)
 from model.task import load_task  # noqa: E402
 from model.training.config import build_config  # noqa: E402
 from model.training.experiment import export, train  # noqa: E402

@@ -29,6 +29,7 @@ sys.path.insert(0, str(PROJECT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import model.kinds  # noqa: E402,F401  (registers the task kinds)
 from model.device import resolve_device  # noqa: E402
 from model.images import resize_square  # noqa: E402
 from model.synthetic import fake_ultrasound  # noqa: E402

@@ -9,7 +9,6 @@ with the fix.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import re
 import tempfile
@@ -126,32 +125,6 @@ def as_written(task, id_mode: str | None):
         return task
     output = dataclasses.replace(task.output, id=id_mode, id_header=task.output.header_for(id_mode))
     return dataclasses.replace(task, output=output)
-
-
-def read_output_csv(path: Path, task) -> tuple[list[list[str]] | None, list[str]]:
-    """(the rows of an output CSV, problems): it exists and has the task's header."""
-    if not path.is_file():
-        return None, [f"{path}: not written"]
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    expected = [task.output.id_header, *task.output.columns]
-    if not rows or rows[0] != expected:
-        return None, [f"{path}: header {rows[0] if rows else []}, expected {expected}"]
-    return rows, []
-
-
-def validate_csv(path: Path, task, images) -> list[str]:
-    """The CSV has the task's header, one row per image in id order, and only allowed values."""
-    rows, problems = read_output_csv(path, task)
-    if rows is None:
-        return problems
-    ids = [str(image.id if task.output.id == "number" else image.name) for image in images]
-    problems = []
-    if [r[0] for r in rows[1:]] != ids:
-        problems.append(f"{path}: the first column is not the test images' ids in order")
-    values = {c: [r[i + 1] if i + 1 < len(r) else "" for r in rows[1:]] for i, c in enumerate(task.output.columns)}
-    problems += [f"{path} {p}" for p in task.kind.parse_values(task, values)[2]]
-    return problems
 
 
 def check_graphs(bundles, report: CheckReport) -> None:

@@ -6,8 +6,6 @@ segmentation), and is reported; one bad file never loses the rest of the work.
 """
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import logging
 import os
@@ -23,7 +21,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .atomic import write_text
 from .bundle import Bundle
 from .device import autocast
 from .images import ImageReadError, is_image_file, is_regular_file, load_rgb, prepare, resize_square
@@ -219,18 +216,3 @@ def predict_paths(bundle: Bundle, paths: list[Path], device: torch.device, preci
     return Prediction(out, failed, shapes)
 
 
-def format_csv(task, images: list[TestImage], labels: np.ndarray, probs: np.ndarray, id_mode: str | None = None) -> str:
-    """The task's output CSV: the id column (the number, or the file name), then its label columns."""
-    out = task.output
-    id_mode = id_mode or out.id
-    header = out.header_for(id_mode)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([header, *out.columns])
-    for image, values in zip(images, task.kind.format_values(task, labels, probs)):
-        writer.writerow([image.id if id_mode == "number" else image.name, *values])
-    return buffer.getvalue()
-
-
-def write_predictions(path: str | Path, task, images, labels, probs, id_mode: str | None = None) -> None:
-    write_text(path, format_csv(task, images, labels, probs, id_mode))

@@ -185,4 +185,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    import model.kinds  # noqa: F401  (the entry point registers the task kinds)
     sys.exit(guarded(main))

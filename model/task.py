@@ -23,9 +23,10 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
+from .errors import TaskFileError
 from .keys import unknown_key_message
-from .kinds import KINDS
 from .readers import check_reader_options
+from .registry import kinds
 
 TASK_KEYS = ("name", "title", "kind", "classes", "labels", "positive", "data", "test_folder", "output", "metric",
              "train")
@@ -33,10 +34,6 @@ OUTPUT_KEYS = ("file", "id", "id_header", "columns", "values", "rle_order")
 RLE_ORDERS = ("column", "row")
 ID_MODES = {"number": "id", "filename": "img_name"}  # how the id column is filled -> its default header
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
-
-
-class TaskFileError(ValueError):
-    """A task file (or a manifest's task section) that cannot be used; the message says where and why."""
 
 
 def check_keys(mapping: dict, valid, where: str) -> None:
@@ -175,10 +172,11 @@ def task_from_dict(raw, where: str, training: bool = True) -> Task:
     if not NAME.fullmatch(name):
         raise TaskFileError(f"{where}: name {name!r}: use letters, digits, '.', '_' and '-' (it names folders)")
     kind_name = _string(raw, "kind", where)
-    if kind_name not in KINDS:
-        raise TaskFileError(f"{where}: kind {kind_name!r}: choose {', '.join(KINDS)}")
-    kind = KINDS[kind_name]
-    for other in KINDS.values():
+    known = kinds()
+    if kind_name not in known:
+        raise TaskFileError(f"{where}: kind {kind_name!r}: choose {', '.join(known)}")
+    kind = known[kind_name]
+    for other in known.values():
         if other.heads_key != kind.heads_key and other.heads_key in raw:
             raise TaskFileError(f"{where}: a {kind_name} task lists {kind.heads_key}:, not {other.heads_key}:")
     heads, mask_values = kind.read_heads(raw.get(kind.heads_key), where)

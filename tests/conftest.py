@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # Keep the ONNX graph cache of the test run out of the user's ~/.cache.
 os.environ.setdefault("HARNESS_CACHE_DIR", tempfile.mkdtemp(prefix="harness-test-cache-"))
 
+import model.kinds  # noqa: E402,F401  (as the entry points do: register the task kinds)
 from tests.helpers import make_weights  # noqa: E402
 
 

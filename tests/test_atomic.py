@@ -6,7 +6,8 @@ import pytest
 
 import model.atomic as atomic
 from model.atomic import write_json
-from model.predict import TestImage, write_predictions
+from model.outputs.tables import write_predictions
+from model.predict import TestImage
 from tests.helpers import CLA_TASK
 
 

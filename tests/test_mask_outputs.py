@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.mask_outputs import (FORMATS, MaskOutputError, mask_file_names, read_mask_folder, read_rle_csv,
+from model.outputs.masks import (FORMATS, MaskOutputError, mask_file_names, read_mask_folder, read_rle_csv,
                                 rle_csv, rle_decode, rle_encode, summary_csv, write_mask_folder)
 
 

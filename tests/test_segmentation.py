@@ -359,7 +359,7 @@ def test_a_never_seen_segmentation_dataset_trains_exports_predicts_and_scores(tm
     assert score_main([str(tmp_path / "out"), str(tmp_path / "gt"), "--weights", str(bundle),
                        "--json", str(tmp_path / "score.json")]) == 0
     reported = json.loads((tmp_path / "score.json").read_text())["spots"]["scores"]
-    from model import mask_outputs
+    from model.outputs import masks as mask_outputs
     shapes = {p.name: (64, 64) for p in sorted(test_dir.iterdir())}
     predicted, problems = mask_outputs.read_rle_csv(tmp_path / "out/spots_pre.csv", shapes, ("spot",))
     assert not problems

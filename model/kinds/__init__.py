@@ -1,4 +1,5 @@
-"""Task kinds: each one a plug-in behind the interface in ``model.kinds.base``.
+"""Task kinds: each one a plug-in behind the interface in ``model.kinds.base``, registered by name in
+``model.registry`` when its module is imported. The entry points import this package; the core never does.
 
 =================  ======================================================================
 ``single-label``   one class per image (softmax); model.kinds.classification
@@ -7,15 +8,15 @@
                    model.kinds.segmentation
 =================  ======================================================================
 
-A new kind is a module with a ``Kind`` subclass and one line here.
+A new kind is a module with a ``Kind`` subclass under ``@register``, its import here, and its tuning search
+space (``model/training/search_spaces/<kind>.yaml``).
 """
 from __future__ import annotations
 
+from ..registry import kinds
+from . import classification, segmentation  # noqa: F401  (each registers its kinds)
 from .base import Kind
-from .classification import MultiLabel, SingleLabel
-from .segmentation import Segmentation
 
-SINGLE_LABEL, MULTI_LABEL, SEGMENTATION = SingleLabel(), MultiLabel(), Segmentation()
-KINDS: dict[str, Kind] = {kind.name: kind for kind in (SINGLE_LABEL, MULTI_LABEL, SEGMENTATION)}
+SINGLE_LABEL, MULTI_LABEL, SEGMENTATION = (kinds()[name] for name in ("single-label", "multi-label", "segmentation"))
 
-__all__ = ["KINDS", "MULTI_LABEL", "SEGMENTATION", "SINGLE_LABEL", "Kind"]
+__all__ = ["MULTI_LABEL", "SEGMENTATION", "SINGLE_LABEL", "Kind"]

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..metric import METRICS, UNKNOWN, binary_auc, binary_rates, multi_label_scores, single_label_scores
+from ..registry import register
 from .base import Kind
 
 
@@ -21,6 +22,8 @@ class Classification(Kind):
 
     metrics = METRICS
     default_metric = "competition"
+    # The image-level recipe: the probe, the classifier head's start and dropout, layer decay, CutMix.
+    recipe_keys = frozenset({"recipe", "probe_c", "head_init", "layer_decay", "drop_rate", "cutmix_p"})
     rule_key = ""
     neutral_value = 0.0
 
@@ -33,19 +36,19 @@ class Classification(Kind):
 
     def write_outputs(self, task, out_dir: Path, images, prediction, rule: dict, id_mode: str | None = None) -> Path:
         """The task's CSV in ``out_dir``, one row per image, labels from ``rule``."""
-        from ..predict import write_predictions
+        from ..outputs.tables import write_predictions
         path = Path(out_dir) / task.output.file
         write_predictions(path, task, images, self.decide(prediction.probs, rule), prediction.probs, id_mode)
         return path
 
     def validate_output(self, path: Path, task, images) -> list[str]:
         """What run.py --check finds wrong with a written CSV (header, ids in order, allowed values)."""
-        from ..check import validate_csv
+        from ..outputs.tables import validate_csv
         return validate_csv(path, task, images)
 
     def score_outputs(self, task, pred_dir: Path, gt_dir: Path):
         """model.score's result for this task, or None when ``gt_dir`` holds no ground truth for it."""
-        from ..score import score_csv_task
+        from ..outputs.tables import score_csv_task
         return score_csv_task(task, pred_dir, gt_dir)
 
     def plot_oof(self, run_dir: Path, task, truth, probs, rule: dict, fold_ids, score: float) -> None:
@@ -69,6 +72,7 @@ class Classification(Kind):
         return run_probe(task, cfg, cache, hashes, labels, targets, masks, fold_ids, run_dir, device)
 
 
+@register
 class SingleLabel(Classification):
     """Softmax over the classes; the decision rule adds one offset per class to the log-probabilities."""
 
@@ -80,7 +84,7 @@ class SingleLabel(Classification):
     label_layout, binary_positive = "class", True
     probe_activation = "softmax"
     output_values = ("labels", "names", "probabilities")
-    config_keys = frozenset({"imbalance"})       # recipe keys that only this kind reads
+    recipe_keys = Classification.recipe_keys | {"imbalance"}
     defaults = {"imbalance": "weights"}
 
     def probabilities(self, logits):
@@ -200,6 +204,7 @@ class SingleLabel(Classification):
         return targets @ inverse_sqrt_frequency(targets)
 
 
+@register
 class MultiLabel(Classification):
     """One sigmoid per label; the decision rule is one probability threshold per label."""
 
@@ -211,7 +216,7 @@ class MultiLabel(Classification):
     label_layout = "columns"
     probe_activation = "sigmoid"
     output_values = ("labels", "probabilities")
-    config_keys = frozenset({"label_weights", "soft_f1_weight", "task_weighting"})
+    recipe_keys = Classification.recipe_keys | {"label_weights", "soft_f1_weight", "task_weighting"}
     defaults = {"soft_f1_weight": 0.1}
 
     def probabilities(self, logits):

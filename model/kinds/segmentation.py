@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from .. import masks as M
+from ..registry import register
 from .base import CHECK_SPLITS, Kind
 
 
@@ -39,13 +40,14 @@ class MaskSet:
         return MaskSet(self.masks[index], self.groups[index])
 
 
+@register
 class Segmentation(Kind):
     name = "segmentation"
     heads_key, min_heads = "classes", 1
     metrics = ("dice", "dice_per_image", "iou")
     default_metric = "dice"
     output_values = ("masks", "rle", "summary")
-    config_keys = frozenset({"architecture", "dice_weight"})
+    recipe_keys = frozenset({"architecture", "dice_weight"})
     defaults = {"label_smoothing": 0.0, "img_size": 256, "lr": 1e-3, "epochs": 20}
     crop_border = False        # the mask must map back onto the original pixels
     label_layout = "mask"
@@ -56,7 +58,7 @@ class Segmentation(Kind):
 
     # --- task file -------------------------------------------------------------------------------------
     def read_heads(self, value, where: str):
-        from ..task import TaskFileError
+        from ..errors import TaskFileError
         example = "like classes: {lesion: 255} (each foreground class and its value in the mask images)"
         if not isinstance(value, dict) or not value:
             raise TaskFileError(f"{where}: classes: a segmentation task maps each class to its mask value, {example}")
@@ -229,7 +231,7 @@ class Segmentation(Kind):
     # --- outputs ---------------------------------------------------------------------------------------------
     def write_outputs(self, task, out_dir: Path, images, prediction, rule: dict, id_mode: str | None = None) -> Path:
         """Masks at each image's original size, in the task's output format."""
-        from .. import mask_outputs as O
+        from ..outputs import masks as O
         from ..atomic import write_text
         masks, peaks = [], []
         for probs, shape in zip(prediction.probs, prediction.shapes):
@@ -262,8 +264,8 @@ class Segmentation(Kind):
         image's size (an RLE CSV decodes to that size); a summary CSV has one row per image."""
         from PIL import Image
 
-        from .. import mask_outputs as O
-        from ..check import read_output_csv
+        from ..outputs import masks as O
+        from ..outputs.tables import read_output_csv
         from ..images import upright_size
         if task.output.values == "summary":
             rows, problems = read_output_csv(path, task)
@@ -291,7 +293,7 @@ class Segmentation(Kind):
         return f"{task.test_folder}/ (true masks)"
 
     def score_outputs(self, task, pred_dir: Path, gt_dir: Path):
-        from ..score import score_mask_task
+        from ..outputs.masks import score_mask_task
         return score_mask_task(task, pred_dir, gt_dir)
 
     def plot_oof(self, run_dir: Path, task, truth: MaskSet, probs, rule: dict, fold_ids, score: float) -> None:

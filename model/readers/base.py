@@ -14,6 +14,7 @@ from PIL import Image
 from ..images import is_image_file, is_regular_file, upright_size
 from ..keys import unknown_key_message
 from ..masks import MaskError, load_mask
+from ..registry import kinds
 
 log = logging.getLogger("model.readers")
 MAX_LISTED = 40
@@ -59,11 +60,12 @@ class ReadResult:
 
 
 class Reader:
-    """One data source. Subclasses set ``name``, ``kinds`` and ``options`` (option -> default; a default of
-    None means optional) and implement ``looks_like`` and ``read``."""
+    """One data source. Subclasses set ``name``, ``layouts`` (the kinds' ``label_layout`` values whose labels
+    it can read: class, columns, mask) and ``options`` (option -> default; a default of None means optional)
+    and implement ``looks_like`` and ``read``."""
 
     name = ""
-    kinds: tuple[str, ...] = ("single-label", "multi-label")
+    layouts: tuple[str, ...] = ("class", "columns")
     options: dict = {"subfolder": ""}
     summary = ""
 
@@ -74,8 +76,9 @@ class Reader:
     @classmethod
     def check(cls, data: dict, kind, heads: tuple[str, ...]) -> None:
         """Raise ValueError naming the first option that is unknown, of the wrong type or inconsistent."""
-        if kind.name not in cls.kinds:
-            raise ValueError(f"reader {cls.name} reads {' or '.join(cls.kinds)} tasks, not {kind.name}")
+        if kind.label_layout not in cls.layouts:
+            readable = [name for name, k in kinds().items() if k.label_layout in cls.layouts]
+            raise ValueError(f"reader {cls.name} reads {' or '.join(readable)} tasks, not {kind.name}")
         valid = (*COMMON_OPTIONS, *cls.options)
         for key, value in data.items():
             if key not in valid:
@@ -179,7 +182,7 @@ class SegmentationReader(Reader):
     """A reader of images with mask images; ``group_pattern`` (a regex) takes the group (patient) from a
     path: its first capture group, or the whole match when it has none."""
 
-    kinds = ("segmentation",)
+    layouts = ("mask",)
     options = {"subfolder": "", "group_pattern": None}
 
     @classmethod

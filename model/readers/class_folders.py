@@ -14,7 +14,7 @@ from .base import ReadResult, Reader, Sample, log, relative_key, unexpected_fold
 
 class ClassFolders(Reader):
     name = "class-folders"
-    kinds = ("single-label",)
+    layouts = ("class",)
     options = {"subfolder": "", "class_folders": None}
     summary = "one folder of images per class"
 

@@ -40,7 +40,7 @@ from .base import ReadResult, Reader, Sample, segmentation_sample
 
 class CsvTable(Reader):
     name = "csv"
-    kinds = ("single-label", "multi-label", "segmentation")
+    layouts = ("class", "columns", "mask")
     options = {"subfolder": "", "file": "train.csv", "image_column": "image", "image_root": "",
                "label_column": "label", "label_columns": None, "class_values": None, "group_column": None,
                "box_columns": None, "mask_column": "mask"}

@@ -19,7 +19,7 @@ from .base import ReadResult, Reader, Sample, list_images, log, parse_box, relat
 
 class LabelFolders(Reader):
     name = "label-folders"
-    kinds = ("multi-label",)
+    layouts = ("columns",)
     options = {"subfolder": "", "images": "images", "label_folder": "{label}_labels"}
     summary = "images/ and one folder of label files per label"
 

@@ -22,7 +22,7 @@ class YoloFolders(ClassFolders):
     """Class folders as ``class-folders`` reads them, each holding images/ and YOLO labels/."""
 
     name = "yolo-folders"
-    kinds = ("single-label",)
+    layouts = ("class",)
     options = {"subfolder": "", "class_folders": None, "class_ids": None, "images": "images", "labels": "labels"}
     summary = "one folder per class, each holding images/ and labels/"
 

@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from .. import kinds  # noqa: F401  (the entry point registers the task kinds)
 from ..cli import guarded
 from ..task import load_task
 from .config import build_config, describe

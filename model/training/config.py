@@ -14,16 +14,14 @@ import yaml
 
 from ..atomic import write_text
 from ..keys import did_you_mean
+from ..registry import kinds
 
 
-CLASSIFICATION = ("single-label", "multi-label")
-
-
-def opt(default, help: str, kind: str | tuple | None = None, choices: tuple = (), probability: bool = False):
-    """A config field with its description, the task kind(s) it belongs to (None: every kind), its choices,
-    and whether it is a probability (0 to 1)."""
+def opt(default, help: str, choices: tuple = (), probability: bool = False):
+    """A config field with its description, its choices, and whether it is a probability (0 to 1). Which kinds
+    read a key is the kinds' to say (``Kind.recipe_keys``): a key no kind claims applies to every kind."""
     factory = {"default_factory": (lambda: list(default))} if isinstance(default, list) else {"default": default}
-    return field(**factory, metadata={"help": help, "kind": kind, "choices": choices, "probability": probability})
+    return field(**factory, metadata={"help": help, "choices": choices, "probability": probability})
 
 
 @dataclass
@@ -47,25 +45,21 @@ class TrainConfig:
     compile: bool = opt(False, "torch.compile the network for the training step (CUDA; minutes of compiling first)")
     checkpoint_every: float = opt(60.0, "seconds between saves of the resume state (0: after every epoch)")
     # recipe
-    recipe: str = opt("finetune", "finetune (train the network) or probe (a logistic regression on frozen features)",
-                      kind=CLASSIFICATION, choices=("finetune", "probe"))
-    probe_c: float = opt(0.0, "inverse regularisation of the probe's regression; 0 chooses it by inner cross-validation",
-                         kind=CLASSIFICATION)
-    head_init: str = opt("random", "classifier start: random, or probe (the fold's probe: linear probe, then fine-tune)",
-                         kind=CLASSIFICATION, choices=("random", "probe"))
+    recipe: str = opt("finetune", "finetune (train the network) or probe (a logistic regression on frozen features)", choices=("finetune", "probe"))
+    probe_c: float = opt(0.0, "inverse regularisation of the probe's regression; 0 chooses it by inner cross-validation")
+    head_init: str = opt("random", "classifier start: random, or probe (the fold's probe: linear probe, then fine-tune)", choices=("random", "probe"))
     backbone_lr: float = opt(1.0, "the backbone's (segmentation: the encoder's) learning rate as a fraction of lr")
-    layer_decay: float = opt(1.0, "layer-wise LR decay: each block closer to the input gets this fraction of the next",
-                             kind=CLASSIFICATION)
+    layer_decay: float = opt(1.0, "layer-wise LR decay: each block closer to the input gets this fraction of the next")
     # network
     backbone: str = opt("tf_efficientnet_lite0", "any timm model name (segmentation: the encoder)")
     architecture: str = opt("Unet", "the segmentation network (segmentation-models-pytorch): Unet, UnetPlusPlus, FPN, "
-                            "DeepLabV3Plus, Linknet, MAnet, PAN, UPerNet, Segformer", kind="segmentation")
+                            "DeepLabV3Plus, Linknet, MAnet, PAN, UPerNet, Segformer")
     pretrained: str = opt("imagenet", "none, imagenet (offline, tf_efficientnet_lite0/1/2), hub, or a state dict file")
     input_norm: str = opt("backbone", "input normalisation: backbone (its pretrained mean and std) or image (each "
                           "image's channels z-scored on their own, for scans such as MRI with no absolute "
                           "intensity scale)", choices=("backbone", "image"))
     img_size: int = opt(224, "input size in pixels (square; segmentation: a multiple of 32)")
-    drop_rate: float = opt(0.2, "dropout before the classifier", kind=CLASSIFICATION)
+    drop_rate: float = opt(0.2, "dropout before the classifier")
     # optimisation
     epochs: int = opt(15, "epochs per fold (at most)")
     batch_size: int = opt(16, "images per step (per process under torchrun)")
@@ -80,7 +74,7 @@ class TrainConfig:
     # regularisation and augmentation
     label_smoothing: float = opt(0.1, "label smoothing of the targets")
     aug_strength: float = opt(1.0, "scales every augmentation's range; 0 turns them off (flips stay)")
-    cutmix_p: float = opt(0.3, "probability of box-guided CutMix per image (needs lesion boxes)", kind=CLASSIFICATION,
+    cutmix_p: float = opt(0.3, "probability of box-guided CutMix per image (needs lesion boxes)",
                           probability=True)
     gray_p: float = opt(0.0, "probability of turning a training image gray (its three channels their weighted "
                         "mean), for sets where some images are gray or a missing channel was filled from another; "
@@ -90,14 +84,11 @@ class TrainConfig:
                                       "scores then mean nothing, so this is an error unless set")
     # kind-specific
     imbalance: str = opt("weights", "class imbalance: none, weights (1/sqrt(frequency) in the loss), sampler "
-                         "or both", kind="single-label", choices=("none", "weights", "sampler", "both"))
-    label_weights: list = opt(["auto"], "loss weight per label, or auto (1/sqrt(p(1-p)) of the positive rate)",
-                              kind="multi-label")
-    soft_f1_weight: float = opt(0.0, "weight of the soft-F1 auxiliary loss", kind="multi-label")
-    dice_weight: float = opt(1.0, "weight of the Dice loss beside the BCE (one class) or cross-entropy (several)",
-                             kind="segmentation")
-    task_weighting: str = opt("fixed", "fixed (label_weights) or uncertainty (also learned, Kendall et al. 2018)",
-                              kind="multi-label", choices=("fixed", "uncertainty"))
+                         "or both", choices=("none", "weights", "sampler", "both"))
+    label_weights: list = opt(["auto"], "loss weight per label, or auto (1/sqrt(p(1-p)) of the positive rate)")
+    soft_f1_weight: float = opt(0.0, "weight of the soft-F1 auxiliary loss")
+    dice_weight: float = opt(1.0, "weight of the Dice loss beside the BCE (one class) or cross-entropy (several)")
+    task_weighting: str = opt("fixed", "fixed (label_weights) or uncertainty (also learned, Kendall et al. 2018)", choices=("fixed", "uncertainty"))
 
 
 # Keys that may differ when a run folder is resumed or shared between processes.
@@ -111,9 +102,13 @@ def config_fields() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in fields(TrainConfig)}
 
 
+def readers_of(key: str) -> list[str]:
+    """The kinds that claim ``key`` as their own; empty for a key every kind reads."""
+    return [name for name, kind in kinds().items() if key in kind.recipe_keys]
+
+
 def applies(key: str, kind) -> bool:
-    kinds = config_fields()[key].metadata["kind"]
-    return kinds is None or kind.name in ((kinds,) if isinstance(kinds, str) else kinds)
+    return key in kind.recipe_keys or not readers_of(key)
 
 
 def check_key(key: str, kind) -> None:
@@ -124,9 +119,7 @@ def check_key(key: str, kind) -> None:
         raise ValueError(f"unknown config key {key!r}{did_you_mean(key, known)} "
                          "(python train.py --show-config lists every key and what it does)")
     if not applies(key, kind):
-        kinds = known[key].metadata["kind"]
-        raise ValueError(f"config key {key!r} is for {kinds if isinstance(kinds, str) else ' and '.join(kinds)} tasks; "
-                         f"this task is {kind.name}")
+        raise ValueError(f"config key {key!r} is for {' and '.join(readers_of(key))} tasks; this task is {kind.name}")
 
 
 def coerce(key: str, value, kind):

@@ -29,9 +29,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .atomic import atomic_path
-from .images import is_image_file
-from .masks import MaskError, load_mask
+from ..atomic import atomic_path
+from ..images import is_image_file
+from ..masks import MaskError, load_mask, pixel_counts, segmentation_scores
+from ..readers.base import group_of
+from . import ScoreError, TaskScore, missing_output, read_csv
 
 FORMATS = ("masks", "rle", "summary")
 ORDERS = {"column": "F", "row": "C"}
@@ -312,3 +314,68 @@ def read_rle_csv(path: Path, shapes: dict, heads, order: str = "column",
                         f"is kept): {_some(overlaps)}")
     return masks, problems
 
+
+def score_mask_task(task, pred_dir: Path, gt_dir: Path) -> TaskScore | None:
+    """A segmentation task's masks (a folder of mask images, or an RLE CSV) against the true masks.
+
+    The true masks are GT_DIR/<test_folder>/, one mask image per test image, named after the image's stem
+    (``0001.png``, or with the task's mask suffix, ``0001_mask.png``); None when that folder has none.
+    Dice per volume pools the images whose names match the task's ``data.group_pattern``; without one,
+    each image is its own volume. A test image with no predicted mask counts as an empty prediction."""
+    truth_dir = gt_dir / task.test_folder
+    suffix = str(task.data.get("mask_suffix", "_mask"))
+    files = sorted(p for p in truth_dir.iterdir() if is_image_file(p) and not p.name.startswith(".")) \
+        if truth_dir.is_dir() else []
+    if not files:
+        return None
+    pred = pred_dir / task.output.file
+    if not pred.exists():
+        return missing_output(task, pred)
+    problems: list[str] = []
+    truth: dict[str, object] = {}
+    for path in files:
+        stem = path.stem.removesuffix(suffix) if suffix and path.stem.endswith(suffix) else path.stem
+        try:
+            truth[stem] = load_mask(path, task.mask_values)
+        except MaskError as e:
+            raise ScoreError(f"{e} (in the ground truth)") from None
+    if task.output.values == "masks":
+        predicted, found = read_mask_folder(pred, list(truth), task.mask_values)
+    elif task.output.values == "rle":
+        _, rows = read_csv(pred)
+        lookup = {key: stem for key in {r[0].strip() for r in rows if r} if (stem := _stem_of(key, truth))}
+        predicted, found = read_rle_csv(pred, {k: truth[s].shape for k, s in lookup.items()}, task.heads,
+                                                     task.output.rle_order, task.output.columns)
+        predicted = {lookup[key]: mask for key, mask in predicted.items()}
+    else:
+        raise ScoreError(f"{task.name}: output.values is summary, which holds no masks to score; "
+                         "score a masks or rle output")
+    problems += found
+    stems = list(truth)
+    missing = [s for s in stems if s not in predicted]
+    if len(missing) == len(stems):
+        raise ScoreError(f"{pred}: no predicted mask matches a true mask in {truth_dir}; is it this test set's?")
+    if missing:
+        problems.append(f"{len(missing)} image(s) have no predicted mask (scored as empty): {missing[:10]}")
+    bad = [s for s in stems if s in predicted and predicted[s].shape != truth[s].shape]
+    if bad:
+        raise ScoreError(f"{pred}: masks of another size than the truth for {bad[:5]}; masks must be at each "
+                         "image's original size")
+    pattern = task.data.get("group_pattern")
+    groups = [group_of(stem, pattern) or stem for stem in stems] if pattern else stems
+    # Counted image by image: test images differ in size.
+    counts = np.concatenate([pixel_counts(predicted.get(s, np.zeros_like(truth[s]))[None], truth[s][None],
+                                          len(task.heads)) for s in stems])
+    scores = segmentation_scores(counts, np.array(groups), task.metric)
+    scores["n"] = len(stems)
+    return TaskScore(task.name, scores, problems)
+
+
+def _stem_of(key: str, truth: dict) -> str | None:
+    """The true mask an RLE row's id names: its stem, its file name (0001.png), or its number (1 for 0001)."""
+    for candidate in (key, Path(key).stem):
+        if candidate in truth:
+            return candidate
+    if key.isdigit():
+        return next((stem for stem in truth if stem.isdigit() and int(stem) == int(key)), None)
+    return None

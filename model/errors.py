@@ -1,0 +1,6 @@
+"""The errors a user's input can raise, where nothing of ours is imported, so that any layer can raise and
+catch them (the task file's, the kinds', the readers')."""
+
+
+class TaskFileError(ValueError):
+    """A task file (or a manifest's task section) that cannot be used; the message says where and why."""
