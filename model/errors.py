@@ -2,5 +2,9 @@
 catch them (the task file's, the kinds', the readers')."""
 
 
+class ScoreError(ValueError):
+    """Predictions or ground truth that cannot be scored; the message names the file."""
+
+
 class TaskFileError(ValueError):
     """A task file (or a manifest's task section) that cannot be used; the message says where and why."""

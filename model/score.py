@@ -18,7 +18,7 @@ from pathlib import Path
 from .bundle import WEIGHTS_DIR, find_bundles, read_manifest
 from .cli import guarded
 from .metric import overall_score
-from .outputs import ScoreError
+from .errors import ScoreError
 from .task import load_task, task_from_dict
 
 

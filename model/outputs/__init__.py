@@ -9,9 +9,9 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import ScoreError
 
-class ScoreError(ValueError):
-    """Predictions or ground truth that cannot be scored; the message names the file."""
+__all__ = ["ScoreError", "TaskScore", "csv_columns", "missing_output", "read_csv"]
 
 
 @dataclass
