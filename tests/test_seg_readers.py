@@ -96,22 +96,60 @@ def test_mask_pairs_report_every_problem_at_once(tmp_path):
     save_image(other / f"{CASES[1]}_1_mask.png", np.full((32, 32), 7, np.uint8))       # unknown value
     (other / f"{CASES[1]}_2_mask.tif").write_bytes(b"not a mask")                      # unreadable mask
     (other / f"{CASES[1]}_3.png").write_bytes(b"not an image")                         # unreadable image
-    pair(root / "kaggle_3m" / "misc" / "scan_1.png", root / "kaggle_3m" / "misc" / "scan_1_mask.png", 5)  # no group
     task = seg_task(reader="mask-pairs", subfolder="kaggle_3m", group_pattern=TCGA)
     samples, problems, unlabelled = problems_of(task, root)
-    assert len(problems) == 7, "\n".join(problems)
+    assert len(problems) == 6, "\n".join(problems)
     assert_one(problems, f"{case / CASES[0]}_1.tif: mask missing: expected {case / CASES[0]}_1_mask.tif")
     assert_one(problems, f"{case / CASES[0]}_9_mask.png: mask without its image")
     assert_one(problems, f"{case / CASES[0]}_2.png: the image is 32x32 but its mask", "_2_mask.png is 32x40")
     assert_one(problems, f"{other / CASES[1]}_1_mask.png: mask value(s) 7 are neither 0")
     assert_one(problems, f"{other / CASES[1]}_2_mask.tif: cannot read this mask")
     assert_one(problems, f"{other / CASES[1]}_3.png: cannot read this image")
-    assert_one(problems, "scan_1.png: 'misc/scan_1.png' does not match group_pattern", "fix the pattern or the name")
     assert sorted(s.path.name for s in samples) == [f"{CASES[0]}_3.tif"]
     # Refused but readable images are decoded later, so a broken image is reported beside a broken mask;
     # the unreadable one is reported already.
     assert sorted(p.name for p in unlabelled) == sorted([f"{CASES[0]}_1.tif", f"{CASES[0]}_2.png",
-                                                         f"{CASES[1]}_1.png", f"{CASES[1]}_2.tif", "scan_1.png"])
+                                                         f"{CASES[1]}_1.png", f"{CASES[1]}_2.tif"])
+
+
+@pytest.mark.parametrize("reader", ["mask-pairs", "image-mask-folders"])
+def test_a_group_pattern_that_misses_fails_on_the_names_before_any_image_is_decoded(tmp_path, monkeypatch, reader):
+    import model.readers.base as base
+    if reader == "mask-pairs":
+        root = make_pairs(tmp_path / "lgg")
+        for n in range(1, 9):
+            pair(root / "kaggle_3m" / "misc" / f"scan_{n}.png", root / "kaggle_3m" / "misc" / f"scan_{n}_mask.png", n)
+        task, seen = seg_task(reader="mask-pairs", subfolder="kaggle_3m", group_pattern=TCGA), "'misc/scan_1.png'"
+    else:
+        root = make_folders(tmp_path / "folders")
+        task, seen = seg_task(reader="image-mask-folders", group_pattern="^patient(\\d+)"), ".png'"
+    import model.readers.image_mask_folders as folders
+    import model.readers.mask_pairs as pairs
+    for module in (pairs, folders):
+        monkeypatch.setattr(module, "segmentation_sample", lambda *a, **k: pytest.fail("an image was decoded"))
+    samples, problems, _ = problems_of(task, root)
+    assert len(problems) == 1 and not samples, problems
+    assert "group_pattern" in problems[0] and "image names" in problems[0] and seen in problems[0]
+    import re
+    assert len(re.findall(r"'[^']*\.(?:png|jpg|tif)'", problems[0])) <= base.EXAMPLES   # a handful, not all
+    if reader == "mask-pairs":
+        assert "finds no group in 8 of 14" in problems[0] and "and 3 more" in problems[0]
+        assert "relative to the layout folder, the subfolder: option not included" in problems[0]
+
+
+def test_mask_pairs_follow_linked_patient_folders_and_skip_a_loop(tmp_path, caplog):
+    source = make_pairs(tmp_path / "source") / "kaggle_3m"
+    subset = tmp_path / "subset" / "kaggle_3m"
+    subset.mkdir(parents=True)
+    for case in CASES:
+        (subset / case).symlink_to(source / case, target_is_directory=True)
+    (source / CASES[0] / "back").symlink_to(source / CASES[0], target_is_directory=True)   # a loop
+    (source / CASES[1] / "gone_1.png").symlink_to(tmp_path / "nowhere.png")               # a broken link
+    task = seg_task(reader="mask-pairs", subfolder="kaggle_3m", group_pattern=TCGA)
+    samples, problems, _ = problems_of(task, tmp_path / "subset")
+    assert problems == [] and len(samples) == 6
+    assert sorted({s.group for s in samples}) == sorted(c[:12] for c in CASES)
+    assert "a link to a folder already read" in caplog.text and "a broken link" in caplog.text
 
 
 def test_mask_pairs_finds_its_layout_only_with_masks(tmp_path):
@@ -172,17 +210,15 @@ def test_image_mask_folders_report_every_problem_at_once(tmp_path):
     save_image(masks / "P01_c.png", np.zeros((48, 32), np.uint8))                     # size mismatch
     save_image(masks / "P02_a.png", np.full((32, 48), 7, np.uint8))                   # unknown value
     (masks / "P02_b.png").write_bytes(b"\x89PNG broken")                              # unreadable mask
-    pair(images / "X03_a.png", masks / "X03_a.png", 9, size=(32, 48))                 # no group
     samples, problems, unlabelled = problems_of(seg_task(reader="image-mask-folders", group_pattern=r"^(P\d+)_"),
                                                 root)
-    assert len(problems) == 7, "\n".join(problems)
+    assert len(problems) == 6, "\n".join(problems)
     assert_one(problems, f"{images / 'P01_a.jpg'}: mask missing: expected {masks / 'P01_a'}.<ext>")
     assert_one(problems, f"{masks / 'P09_z.png'}: mask without its image in {images}")
     assert_one(problems, f"{images / 'P01_b.png'}: same name as P01_b.jpg")
     assert_one(problems, f"{images / 'P01_c.tif'}: the image is 48x32 but its mask", "P01_c.png is 32x48")
     assert_one(problems, f"{masks / 'P02_a.png'}: mask value(s) 7 are neither 0")
     assert_one(problems, f"{masks / 'P02_b.png'}: cannot read this mask")
-    assert_one(problems, f"{images / 'X03_a.png'}: 'X03_a.png' does not match group_pattern")
     assert [s.key for s in samples] == ["images/P01_b.jpg"]
 
 

@@ -135,6 +135,9 @@ def list_images(folder: Path, problems: list[str], clash: str = "so each label m
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
             continue
+        if path.is_symlink() and not path.exists():
+            log.warning("%s: a broken link (to %s), skipped", path, os.readlink(path))
+            continue
         if not is_image_file(path) or not is_regular_file(path):
             log.warning("%s: not an image file (jpg/jpeg/png/bmp/tif), ignored", path)
             continue
@@ -170,12 +173,30 @@ def relative_key(path: Path, root: Path) -> str:
 
 
 def visible_files(folder: Path):
-    """Every file below ``folder`` (recursively, sorted), skipping hidden files and folders."""
-    for parent, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    """Every file below ``folder`` (recursively, sorted), skipping hidden files and folders.
+
+    Linked folders are followed (a subset assembled from symlinks, data on another disk: training data is
+    only read, so a link exposes nothing), each real folder once: a link back up the tree is skipped with a
+    warning, as is a broken link."""
+    seen = {os.path.realpath(folder)}
+    for parent, dirs, files in os.walk(folder, followlinks=True):
+        kept = []
+        for d in sorted(d for d in dirs if not d.startswith(".")):
+            real = os.path.realpath(os.path.join(parent, d))
+            if real in seen:
+                log.warning("%s: a link to a folder already read (%s), skipped", os.path.join(parent, d), real)
+            else:
+                seen.add(real)
+                kept.append(d)
+        dirs[:] = kept
         for name in sorted(files):
-            if not name.startswith("."):
-                yield Path(parent) / name
+            if name.startswith("."):
+                continue
+            path = Path(parent) / name
+            if path.is_symlink() and not path.exists():
+                log.warning("%s: a broken link (to %s), skipped", path, os.readlink(path))
+                continue
+            yield path
 
 
 class SegmentationReader(Reader):
@@ -184,6 +205,7 @@ class SegmentationReader(Reader):
 
     layouts = ("mask",)
     options = {"subfolder": "", "group_pattern": None}
+    group_text_is = "each image's file name"
 
     @classmethod
     def check_options(cls, opts: dict, heads) -> None:
@@ -200,6 +222,23 @@ class SegmentationReader(Reader):
             problems.append(f"{image}: {text!r} does not match group_pattern {pattern!r}; fix the pattern or "
                             "the name")
         return group or None
+
+
+    def unmatched_groups(self, texts: list[str], where: Path) -> str | None:
+        """One problem when ``group_pattern`` misses some of ``texts`` (the strings it is searched in), with a
+        handful of examples; checked on the names before any image is decoded, so a wrong pattern fails in
+        seconds rather than after every image was read."""
+        pattern = self.opts["group_pattern"]
+        missed = [t for t in texts if pattern is not None and not group_of(t, pattern)]
+        if not missed:
+            return None
+        examples = ", ".join(repr(t) for t in missed[:EXAMPLES])
+        more = f" and {len(missed) - EXAMPLES} more" if len(missed) > EXAMPLES else ""
+        return (f"{where}: group_pattern {pattern!r} finds no group in {len(missed)} of {len(texts)} image names "
+                f"(it is searched in {self.group_text_is}): {examples}{more}; fix the pattern")
+
+
+EXAMPLES = 5  # names shown when a pattern misses: enough to see why, not the whole data set
 
 
 def group_of(text: str, pattern: str) -> str | None:

@@ -49,6 +49,10 @@ class ImageMaskFolders(SegmentationReader):
         masks = list_images(masks_dir, result.problems, "so each image has one mask")
         if not images:
             result.problems.append(f"{images_dir}: no images")
+        missed = self.unmatched_groups([image.name for image in images.values()], images_dir)
+        if missed:
+            result.problems.append(missed)
+            return result
         for stem, image in images.items():
             before = len(result.problems)
             mask = masks.get(stem)

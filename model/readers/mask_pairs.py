@@ -29,6 +29,7 @@ class MaskPairs(SegmentationReader):
     name = "mask-pairs"
     options = {"subfolder": "", "mask_suffix": "_mask", "group_pattern": None}
     summary = "images with their masks beside them (<stem>.tif and <stem>_mask.tif)"
+    group_text_is = "each image's path relative to the layout folder, the subfolder: option not included"
 
     @classmethod
     def check_options(cls, opts: dict, heads) -> None:
@@ -60,6 +61,10 @@ class MaskPairs(SegmentationReader):
         if not images:
             result.problems.append(f"{layout}: no images (only masks, named *{suffix}.*)" if masks else
                                    f"{layout}: no images")
+        missed = self.unmatched_groups([paths[0].relative_to(layout).as_posix() for paths in images.values()], layout)
+        if missed:
+            result.problems.append(missed)
+            return result
         for (folder, stem), paths in sorted(images.items()):
             before = len(result.problems)
             image, *others = paths
