@@ -1,4 +1,4 @@
-"""Write one prediction CSV per bundle for the test set: ``python run.py``.
+"""Write one output per bundle for the test set (a CSV, or a segmentation task's masks): ``python run.py``.
 
 With no arguments this does the organiser's job: every bundle in model/weights/ (for BI-RADS: cla and fea)
 reads its folder of ../testB (relative to this project folder, wherever it is started from) and writes its
@@ -49,7 +49,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--test-dir", type=Path, default=PROJECT.parent / "testB",
                    help="the test folder; each task reads its own subfolder of it (default: ../testB beside the project)")
-    p.add_argument("--out-dir", type=Path, default=PROJECT, help="where the CSVs go (default: the project folder)")
+    p.add_argument("--out-dir", type=Path, default=PROJECT, help="where the outputs go: each task's CSV, or its masks "
+                   "(a folder of PNGs, an RLE or summary CSV) (default: the project folder)")
     p.add_argument("--weights", type=Path, default=WEIGHTS_DIR,
                    help="a bundle folder, or a folder of bundles (default: model/weights)")
     p.add_argument("--tasks", help="comma list of the tasks to run (default: every bundle)")

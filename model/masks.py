@@ -64,8 +64,14 @@ def load_mask(path: str | Path, values: tuple[int, ...]) -> np.ndarray:
     unknown = np.setdiff1d(np.unique(array), (0, *values))
     if unknown.size:
         shown = ", ".join(str(v) for v in unknown[:8].tolist())
+        # Values between the declared ones (1, 3, 4 in a 0/255 mask) are what linear or cubic resizing leaves
+        # at a lesion's border: the masks are fine but were resized, not the task file wrong.
+        between = unknown[(unknown > 0) & (unknown < max(values))] if values else unknown[:0]
+        fix = ("the mask looks resized with interpolation (values between the classes' at the borders): resize "
+               "masks with nearest-neighbour, or export them again" if between.size >= max(2, unknown.size // 2)
+               else "set the task's classes: to the values the masks use")
         raise MaskError(f"{path}: mask value(s) {shown} are neither 0 (background) nor a class value "
-                        f"{list(values)}; set the task's classes: to the values the masks use")
+                        f"{list(values)}; {fix}")
     return out
 
 

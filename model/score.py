@@ -87,8 +87,10 @@ def tasks_from(weights: Path | None, task_files: list[Path]) -> list:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m model.score", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("pred_dir", type=Path, help="folder with the prediction CSVs (cla_pre.csv, ...)")
-    p.add_argument("gt_dir", type=Path, help="folder with the ground truth (cla_gt.csv, ...; *_order.csv)")
+    p.add_argument("pred_dir", type=Path, help="folder with the predictions run.py wrote: CSVs (cla_pre.csv, ...) "
+                   "or a segmentation task's masks (a folder of mask PNGs, or an RLE CSV)")
+    p.add_argument("gt_dir", type=Path, help="folder with the ground truth: CSVs (cla_gt.csv, ...; *_order.csv), or "
+                   "for a segmentation task the true masks in its test folder's name")
     p.add_argument("--weights", type=Path, help="take the tasks from these bundles (default model/weights)")
     p.add_argument("--task", type=Path, action="append", default=[], help="take the task from this task file (repeatable)")
     p.add_argument("--json", type=Path, help="also write the full report to this JSON file")

@@ -279,3 +279,33 @@ def test_summary_csv():
         summary_csv(images, [m1, m2], probs + 0.5, heads)
     with pytest.raises(ValueError, match="id_mode"):
         summary_csv(images, [m1, m2], probs, heads, id_mode="uuid")
+
+
+def test_a_mask_with_values_between_the_classes_is_said_to_be_resized_with_interpolation(tmp_path):
+    from model.masks import MaskError, load_mask
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:12, 4:12] = 255
+    mask[4, 4:12], mask[11, 4:12], mask[4:12, 4] = 1, 3, 4          # what a linear resize leaves at the border
+    Image.fromarray(mask).save(tmp_path / "resized.png")
+    with pytest.raises(MaskError, match="resized.png: mask value\\(s\\) 1, 3, 4 .*looks resized with interpolation"):
+        load_mask(tmp_path / "resized.png", (255,))
+    mask[mask < 255] = 0
+    mask[0, 0] = 7                                                   # one stray value: the classes are wrong
+    Image.fromarray(mask).save(tmp_path / "other.png")
+    with pytest.raises(MaskError, match="set the task's classes: to the values the masks use"):
+        load_mask(tmp_path / "other.png", (255,))
+
+
+def test_a_predicted_mask_of_another_size_names_the_prediction_and_the_truth(tmp_path):
+    from model.errors import ScoreError
+    from model.outputs.masks import score_mask_task
+    from tests.helpers import seg_task
+    task = seg_task()
+    (tmp_path / "gt" / task.test_folder).mkdir(parents=True)
+    (tmp_path / "pred" / task.output.file).mkdir(parents=True)
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "gt" / task.test_folder / "0001.png")
+    Image.fromarray(np.zeros((10, 15), np.uint8)).save(tmp_path / "pred" / task.output.file / "0001.png")
+    with pytest.raises(ScoreError) as e:
+        score_mask_task(task, tmp_path / "pred", tmp_path / "gt")
+    assert str(tmp_path / "pred" / task.output.file) in str(e.value) and str(tmp_path / "gt" / task.test_folder) in str(e.value)
+    assert "predicted 15x10, true 30x20" in str(e.value)

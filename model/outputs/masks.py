@@ -359,7 +359,9 @@ def score_mask_task(task, pred_dir: Path, gt_dir: Path) -> TaskScore | None:
         problems.append(f"{len(missing)} image(s) have no predicted mask (scored as empty): {missing[:10]}")
     bad = [s for s in stems if s in predicted and predicted[s].shape != truth[s].shape]
     if bad:
-        raise ScoreError(f"{pred}: masks of another size than the truth for {bad[:5]}; masks must be at each "
+        raise ScoreError(f"{pred}: masks of another size than the truth in {truth_dir} for {bad[:5]} "
+                         f"(predicted {predicted[bad[0]].shape[1]}x{predicted[bad[0]].shape[0]}, true "
+                         f"{truth[bad[0]].shape[1]}x{truth[bad[0]].shape[0]}); masks must be at each "
                          "image's original size")
     pattern = task.data.get("group_pattern")
     groups = [group_of(stem, pattern) or stem for stem in stems] if pattern else stems
