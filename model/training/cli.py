@@ -19,8 +19,8 @@ def _train_parser(prog: str, default_task: Path | None) -> argparse.ArgumentPars
     p = argparse.ArgumentParser(prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter, description=(
         "Train a task's k-fold ensemble (finished folds are skipped, an interrupted fold resumes).\n\n"
         f"  {prog} {'[--task FILE]' if default_task else '--task FILE'} --data DIR [--config FILE.yaml] [flags]   train\n"
-        f"  {prog} export RUN_DIR [--out DIR] [--force]                   freeze a run into model/weights/<task>/\n"
-        f"  {prog} tune --data DIR --trials N [...]                       Optuna study (see {prog} tune --help)\n\n"
+        f"  {prog} export RUN_DIR [--out DIR] [--folds 0,1] [--force]     freeze a run into model/weights/<task>/\n"
+        f"  {prog} tune --task FILE --data DIR --trials N [...]           Optuna study (see {prog} tune --help)\n\n"
         "Settings come from the recipe defaults, the task file's train: section, --config, flags, then --set.\n"
         "Add --debug to any command to see a traceback instead of a one-line error."))
     add_task_flags(p, default_task)
