@@ -459,3 +459,56 @@ def test_a_per_image_normalised_gray_augmented_run_exports_that_normalisation(tm
     scan = torch.from_numpy(load_rgb(data / "images" / "P0_0.png")).permute(2, 0, 1)[None].float()
     assert torch.allclose(loaded.ensemble(scan * 0.5), loaded.ensemble(scan), atol=1e-4)
     assert not read_manifest(make_seg_bundle(tmp_path / "plain", seg_task()))["network"]["input_norm"] == "image"
+
+
+def test_a_mask_resized_to_the_network_keeps_the_class_values_and_its_borders(tmp_path):
+    # Training, the out-of-fold scores and the rule tuning all read the masks _decode resizes: nearest
+    # neighbour, so no class id is blended where classes meet, and no border moves.
+    from PIL import Image
+
+    from model.readers import Sample
+    from model.training.dataset import _decode
+    width, height = 90, 60
+    mask = np.zeros((height, width), np.uint8)
+    mask[:, 30:60], mask[:, 60:] = 100, 200                      # three bands: background, class 1, class 2
+    mask[:30, 60:] = 50                                          # class 3 meets class 2 and class 1
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    Image.fromarray(np.full((height, width, 3), 128, np.uint8)).save(tmp_path / "i.png")
+    sample = Sample(tmp_path / "i.png", "i.png", (1, 1, 1), mask=tmp_path / "m.png")
+    for size in (32, 45, 64):
+        cached = _decode((sample, size, size, False, (100, 200, 50)))
+        for resized in (cached.mask_train, cached.mask_eval):
+            assert set(np.unique(resized)) == {0, 1, 2, 3}, size
+        row = cached.mask_eval[-1]                                # the bottom row: 0 | 1 | 2
+        assert abs(np.argmax(row == 1) - size / 3) <= 1 and abs(np.argmax(row == 2) - 2 * size / 3) <= 1, (size, row)
+        assert abs(np.argmax(cached.mask_eval[:, -1] == 2) - size / 2) <= 1, size
+        assert 2 not in cached.mask_eval[: size // 2 - 1], size     # 1 and 3 meet there: a blend would be 2
+
+
+def test_a_runs_truth_masks_keep_each_images_patient_for_dice_per_volume_and_the_rule_check(tmp_path):
+    # The group (the task's group_pattern) travels with the truth masks into the run folder: Dice per volume
+    # pools one patient's slices, and the rule check's inner folds keep a patient whole.
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from model.readers import Sample
+    masks = np.zeros((8, 8, 8), np.uint8)
+    masks[:4, 2:6, 2:6] = 1
+    samples = [Sample(Path(f"{p}_{i}.png"), f"{p}/{p}_{i}.png", (1,), group=p)
+               for p in ("P1", "P2") for i in range(4)]
+    truth = SEGMENTATION.truth(samples, SimpleNamespace(masks_eval=masks))
+    assert list(truth.groups) == ["P1"] * 4 + ["P2"] * 4
+    SEGMENTATION.save_truth(tmp_path, truth)
+    loaded = SEGMENTATION.load_truth(tmp_path, pd.DataFrame({"key": [s.key for s in samples]}), None)
+    assert list(loaded.groups) == list(truth.groups)
+    for train, held_out in SEGMENTATION.rule_splits(loaded, seed=0):
+        assert not set(loaded.groups[train]) & set(loaded.groups[held_out])
+    # Per volume, P2 has no lesion and none is predicted (Dice 1), P1 is missed on one slice of four.
+    predicted = masks.copy()
+    predicted[0] = 0
+    per_volume = SEGMENTATION.scores(SimpleNamespace(heads=("lesion",), metric="dice"), loaded, predicted)
+    per_image = SEGMENTATION.scores(SimpleNamespace(heads=("lesion",), metric="dice"),
+                                    type(loaded)(loaded.masks, [s.key for s in samples]), predicted)
+    assert per_volume["dice"] != per_image["dice"]
