@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import model.kinds  # noqa: F401  (registers the task kinds, as the entry points do)
 from model.bundle import export_bundle
 from model.network import create_network
 from model.synthetic import fake_ultrasound, save_image  # noqa: F401 (re-exported for tests)
