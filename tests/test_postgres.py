@@ -75,3 +75,11 @@ def test_two_workers_share_a_study_and_a_killed_one_leaves_it_usable(tmp_path):
                if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) is not None]
     assert len(retried) == 1 and retried[0].state in FINISHED
     assert (tmp_path / "study" / "best_config.yaml").is_file()
+
+
+def test_tuning_workers_started_together_on_one_server_never_repeat_each_other(tmp_path):
+    from tests.test_tune import tuning_workers_alike
+    trials = tuning_workers_alike(URL, f"alike-{uuid.uuid4().hex[:8]}", tmp_path)
+    proposals = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(proposals) == 8 and len(set(proposals)) == len(proposals), proposals
+    assert len({t.user_attrs["sampler_seed"] for t in trials}) == 2

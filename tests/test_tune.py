@@ -129,3 +129,66 @@ def test_a_study_resumed_after_the_space_grew_reports_what_its_best_trial_ran(tm
         "lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
         "input_norm": optuna.distributions.CategoricalDistribution(["backbone", "image"])}, value=0.5)
     assert best_config(dataclasses.replace(base, input_norm="backbone"), space, searched, CLA_TASK).input_norm == "image"
+
+
+WORKER = """
+import os, sys, time
+from pathlib import Path
+sys.path.insert(0, {project!r})
+import model.kinds
+from model.kinds import SINGLE_LABEL
+from model.training.tune import SPACES, load_space, suggest, worker_study
+space = load_space(SPACES / "single-label.yaml", SINGLE_LABEL)
+study, worker = worker_study({url!r}, {study!r}, 42, None)     # a worker per machine: no --jobs index
+Path({ready!r} + str(os.getpid())).touch()
+go = Path({go!r})
+while not go.exists():          # every worker has joined the study, none has run a trial: they start together
+    time.sleep(0.01)
+
+def objective(trial):
+    for key, value in worker.items():
+        trial.set_user_attr(key, value)
+    suggest(trial, space, ("a", "b"))
+    time.sleep(0.05)
+    return 0.5
+
+study.optimize(objective, n_trials={trials})
+"""
+
+
+def tuning_workers_alike(url: str, study: str, folder, workers: int = 2, trials: int = 4) -> list:
+    """Start ``workers`` tuning workers at once on one study, as separate machines would (no --jobs), each
+    sampling with the harness's own worker_study (its seeding, sampler and open_storage) over the real
+    search space and a cheap objective; returns the study's trials."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from model.training.tune import open_storage
+    from tests.helpers import PROJECT
+    go = folder / "go"
+    script = WORKER.format(project=str(PROJECT), go=str(go), ready=str(folder / "ready-"), url=url, study=study,
+                           trials=trials)
+    processes = [subprocess.Popen([sys.executable, "-c", script], cwd=PROJECT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                 for _ in range(workers)]
+    deadline = time.monotonic() + 120
+    while len(list(folder.glob("ready-*"))) < workers and time.monotonic() < deadline:
+        if any(p.poll() is not None for p in processes):
+            break
+        time.sleep(0.05)
+    go.touch()
+    for process in processes:
+        out, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, out
+    return optuna.load_study(study_name=study, storage=open_storage(url)).trials
+
+
+def test_tuning_workers_started_together_on_one_journal_never_repeat_each_other(tmp_path):
+    trials = tuning_workers_alike(f"journal:{tmp_path / 'study.journal'}", "alike", tmp_path)
+    assert len(trials) == 8
+    proposals = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(set(proposals)) == len(proposals), proposals
+    seeds = {t.user_attrs["worker"]: t.user_attrs["sampler_seed"] for t in trials}
+    assert len(seeds) == 2 and len(set(seeds.values())) == 2          # each worker recorded its own seed

@@ -6,9 +6,16 @@
   is i * max_epochs + e, and its value is the mean of the best scores of the folds already finished and
   the current fold's score at epoch e, so every trial reports comparable values at the same step.
 * Storage: a SQLite file (default runs/tune/<study>/study.db), any SQLAlchemy URL (PostgreSQL for many
-  machines), or ``journal:PATH`` (a journal file that several processes on one machine share). Trials of
+  machines), or ``journal:PATH`` (a journal file: no server, only a file system every worker can lock, a
+  local disk or NFS with working locks). Trials of
   a killed process are marked failed by the heartbeat and retried in the same run folder, so their
   finished epochs are not redone.
+* Workers: each process that joins a study (``--jobs``, or a worker per machine) samples with TPE's
+  constant liar, as Optuna advises for parallel workers (a running trial counts as a bad one, so the others
+  look elsewhere), and from a seed of its own: ``--jobs`` numbers its processes, so a study on one machine
+  repeats itself; a worker started on its own mixes in a random nonce, since workers that start together
+  see the same study and would otherwise propose the same trials. Each trial records its worker's seed
+  (``sampler_seed``, ``worker``).
 * Each trial trains into <study folder>/trial-<n>/; the best trial is written as best_config.yaml, which
   trains as-is, with summary.json beside it.
 """
@@ -19,6 +26,8 @@ import dataclasses
 import json
 import logging
 import math
+import os
+import socket
 import time
 import warnings
 from pathlib import Path
@@ -82,7 +91,22 @@ def open_storage(url: str):
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
 
 
-def make_objective(task, base: TrainConfig, space: dict, out: Path):
+def worker_study(storage: str, study_name: str, seed: int, job: int | None) -> tuple[optuna.Study, dict]:
+    """The study as this worker sees it, with its own sampler, and what seeded it (recorded in each trial).
+
+    ``job``: the process's number under ``--jobs`` (its seed follows from the study's), or None for a worker
+    started on its own, whose seed takes a random nonce: two such workers that start together see the same
+    trials, and a seed made of those alone would make them propose the same parameters."""
+    base = seed + len(_existing_trials(storage, study_name))
+    seed = base + 7919 * job if job is not None else (base * 1_000_003 + int.from_bytes(os.urandom(4), "little")) % 2**32
+    sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    study = optuna.create_study(study_name=study_name, storage=open_storage(storage), direction="maximize",
+                                load_if_exists=True, sampler=sampler,
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2))
+    return study, {"sampler_seed": seed, "worker": f"{socket.gethostname()}:{os.getpid()}"}
+
+
+def make_objective(task, base: TrainConfig, space: dict, out: Path, worker: dict | None = None):
     from .experiment import train
 
     folds = selected_folds(base)
@@ -96,6 +120,8 @@ def make_objective(task, base: TrainConfig, space: dict, out: Path):
             origin = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
         cfg.out = str(out / f"trial-{origin if origin is not None else trial.number}")
         trial.set_user_attr("run_dir", cfg.out)
+        for key, value in (worker or {}).items():
+            trial.set_user_attr(key, value)
         finished: list[float] = []
 
         def report(fold: int, epoch: int, score: float) -> None:
@@ -183,20 +209,18 @@ def search_space(space_file: Path, kind, pinned: set[str]) -> dict:
 
 def tune(task, base: TrainConfig, trials: int, timeout: float | None, storage: str | None,
          study_name: str | None, space_file: Path, out: Path | None = None, pinned: set[str] = frozenset(),
-         job: int = 0) -> dict:
+         job: int | None = None) -> dict:
     """Run ``trials`` trials of the study; keys in ``pinned`` (set on the command line) are not searched.
-    ``job`` numbers the processes that share one study (``--jobs``), so that their samplers differ."""
+    ``job`` numbers the processes that ``--jobs`` starts on one study; None for a worker on its own
+    (``worker_study`` says how each seeds its sampler)."""
     space = search_space(space_file, task.kind, pinned)
     study_name, out = study_folder(task, base, study_name, out)
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    seed = base.seed + len(_existing_trials(storage, study_name)) + 7919 * job
-    study = optuna.create_study(
-        study_name=study_name, storage=open_storage(storage), direction="maximize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2))
+    study, worker = worker_study(storage, study_name, base.seed, job)
     before, started = len(study.trials), time.perf_counter()
-    study.optimize(make_objective(task, base, space, out), n_trials=trials, timeout=timeout, catch=TRIAL_ERRORS)
+    study.optimize(make_objective(task, base, space, out, worker), n_trials=trials, timeout=timeout,
+                   catch=TRIAL_ERRORS)
     return _finish(study, task, base, space, out, storage, before, time.perf_counter() - started)
 
 
@@ -247,16 +271,18 @@ def main(argv: list[str], default_task: Path | None, prog: str) -> int:
     p = argparse.ArgumentParser(prog=f"{prog} tune", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_task_flags(p, default_task, folds_default="0")
-    p.add_argument("--trials", type=int, default=20, help="trials to run in this process (default 20)")
+    p.add_argument("--trials", type=int, default=20, help="trials this command runs, shared among its --jobs "
+                   "processes; other workers on the study run their own (default 20)")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
-    p.add_argument("--storage", help="sqlite:///FILE, postgresql://..., or journal:FILE "
-                                     "(default: sqlite:///runs/tune/<study>/study.db)")
+    p.add_argument("--storage", help="sqlite:///FILE, postgresql://... (workers on any machine), or journal:FILE "
+                                     "(no server: a file system every worker can lock, a local disk or NFS "
+                                     "with working locks) (default: sqlite:///runs/tune/<study>/study.db)")
     p.add_argument("--study", help="study name (default <task>-<dataset>)")
     p.add_argument("--space", type=Path, help="search space YAML (default: model/training/search_spaces/<kind>.yaml)")
     p.add_argument("--out", type=Path, help="study folder (default runs/tune/<study>)")
     p.add_argument("--jobs", type=int, default=1, help="run the trials in this many processes at once, on one "
                    "study (to fill a GPU; the storage defaults to journal:<study folder>/study.journal)")
-    p.add_argument("--job-index", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--job-index", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(folds="0")
     args = p.parse_args(argv)
     if args.jobs < 1 or args.trials < 1:
@@ -269,8 +295,11 @@ def main(argv: list[str], default_task: Path | None, prog: str) -> int:
     if args.jobs > 1:
         summary = tune_in_jobs(task, base, args, argv, pinned, devices)
     else:
+        # The default storage lives in the study folder: one worker, so it seeds as job 0 and repeats itself.
+        # A storage named on the command line may be shared by workers started alike (--job-index None).
+        job = args.job_index if args.job_index is not None else 0 if args.storage is None else None
         summary = tune(task, base, args.trials, args.timeout, args.storage, args.study,
-                       args.space or SPACES / f"{task.kind.name}.yaml", args.out, pinned, args.job_index)
+                       args.space or SPACES / f"{task.kind.name}.yaml", args.out, pinned, job)
     print(json.dumps({k: v for k, v in summary.items() if k != "importance"}, indent=2, default=str))
     if isinstance(summary.get("importance"), dict):
         print("importance: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["importance"].items()))
