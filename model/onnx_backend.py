@@ -7,11 +7,16 @@ probabilities within 1e-6 of it (tests hold the difference under 1e-4).
 
 Trust: a graph is code ONNX Runtime will run, so nothing unverified is loaded. The export is
 deterministic for given weights and library versions, so ``export`` records the graph's sha256 (and those
-versions) in the manifest. run.py looks for that graph in a content-addressed cache outside the bundle
-(``$HARNESS_CACHE_DIR``, else ``$XDG_CACHE_HOME/medical-harness`` or ``~/.cache/medical-harness``), so a
-read-only or zipped submission folder stays clean, and uses it only when its bytes hash to the recorded
-value. Otherwise it exports the graph from the verified weights (a few seconds), and caches it when it
-hashes to the record. A bundle with no record, or on other library versions, is exported on every run.
+versions) in the manifest. run.py looks for graphs in a cache outside the bundle (``$HARNESS_CACHE_DIR``,
+else ``$XDG_CACHE_HOME/medical-harness`` or ``~/.cache/medical-harness``), so a read-only or zipped
+submission folder stays clean. First choice: ``<recorded sha256>.onnx``, used when its bytes hash to the
+manifest's record. Else the graph this machine built: the export of another machine's libraries or CPU
+need not be byte-identical to the recorded one, so a graph exported here from the verified weights is
+cached as ``<key>.onnx`` with its own sha256 in ``<key>.json``, where the key is a sha256 over what the
+graph was built from (the weight files' verified sha256s, the manifest's network and task blocks, the
+library versions, the export settings). It is loaded only when its bytes hash to that sidecar; otherwise
+(missing, truncated, doctored) the graph is exported again from the verified weights (a few seconds) and
+the cache repaired. Only an unwritable cache makes every run export.
 """
 from __future__ import annotations
 
@@ -116,32 +121,102 @@ def expected_graph(bundle: Bundle) -> str | None:
     return None
 
 
-def cached_graph(bundle: Bundle) -> tuple[bytes | None, str, str]:
-    """(the verified cached graph or None, status, what that means), without exporting anything.
-    Status: verified, unrecorded, missing or mismatch."""
-    expected = expected_graph(bundle)
-    if expected is None:
-        return None, "unrecorded", "no graph recorded in the manifest for these library versions: exported on every run"
-    path = cache_dir() / f"{expected}.onnx"
+# Everything besides the weights that shapes the exported bytes; part of the local cache key.
+EXPORT_SETTINGS = {"scheme": 1, "opset": OPSET, "exporter": "torchscript", "inputs": ["images"], "outputs": ["probs"],
+                   "dynamic_axes": "batch", "dummy": [2, 3, "input_size", "input_size"], "optimisation": "extended"}
+
+
+def graph_key(bundle: Bundle) -> str:
+    """A sha256 over what this bundle's graph is built from: the weight files' sha256s as the manifest
+    lists them (load_bundle verified each file against them), the manifest's network and task blocks, the
+    library versions and the export settings."""
+    import onnx
+    source = {"weights": [entry["sha256"] for entry in bundle.manifest["folds"]],
+              "network": bundle.manifest["network"], "task": bundle.manifest["task"],
+              "versions": versions(), "onnx": onnx.__version__, "export": EXPORT_SETTINGS}
+    return hashlib.sha256(json.dumps(source, sort_keys=True, ensure_ascii=True).encode()).hexdigest()
+
+
+def _read_verified(path: Path, digest) -> tuple[bytes | None, bool]:
+    """(the bytes at ``path`` when they hash to ``digest``, else None; whether a file was there)."""
     try:
         data = path.read_bytes()
     except OSError:
-        return None, "missing", f"not cached yet: exported on the first run and cached in {path.parent}"
-    if hashlib.sha256(data).hexdigest() != expected:
-        return None, "mismatch", f"{path} does not hash to the bundle's record: exported again and replaced"
-    return data, "verified", f"cached and verified ({path})"
+        return None, False
+    if isinstance(digest, str) and hashlib.sha256(data).hexdigest() == digest:
+        return data, True
+    return None, True
 
 
-def _store(data: bytes, digest: str) -> None:
+def _sidecar_digest(path: Path):
     try:
-        with atomic_path(cache_dir() / f"{digest}.onnx") as tmp:
+        return json.loads(path.read_text(encoding="utf-8")).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def cache_writable() -> bool:
+    """Whether a graph could be cached now (the cache folder, or its nearest existing parent, takes a file)."""
+    folder = cache_dir()
+    if folder.is_dir():
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".probe.", dir=folder)
+        except OSError:
+            return False
+        os.close(fd)
+        os.unlink(tmp)
+        return True
+    parent = folder
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)
+
+
+def cached_graph(bundle: Bundle) -> tuple[bytes | None, str, str]:
+    """(the verified cached graph or None, status, what the next run does), without exporting anything.
+    Status: verified, missing (exported and cached), mismatch (a cached file failed its check: exported
+    again and replaced) or unwritable (exported on every run)."""
+    folder = cache_dir()
+    damaged = []
+    expected = expected_graph(bundle)
+    if expected is not None:
+        path = folder / f"{expected}.onnx"
+        data, present = _read_verified(path, expected)
+        if data is not None:
+            return data, "verified", f"cached and verified against the manifest's record ({path})"
+        if present:
+            damaged.append(f"{path} does not hash to the bundle's record")
+    key = graph_key(bundle)
+    path, sidecar = folder / f"{key}.onnx", folder / f"{key}.json"
+    data, present = _read_verified(path, _sidecar_digest(sidecar))
+    if data is not None:
+        return data, "verified", f"cached and verified (built on this machine from the verified weights: {path})"
+    if present or sidecar.exists():
+        damaged.append(f"{path} does not hash to its record {sidecar.name}")
+    if not cache_writable():
+        return None, "unwritable", f"cache folder {folder} is not writable: exported on every run"
+    target = (str(path) if expected is None else
+              f"{folder / f'{expected}.onnx'} when it matches the manifest's record, else at {path}")
+    if damaged:
+        return None, "mismatch", f"{'; '.join(damaged)}: exported again from the verified weights and cached at {target}"
+    return None, "missing", f"not cached yet: exported from the verified weights on the next run and cached at {target}"
+
+
+def _store(data: bytes, digest: str, key: str | None = None) -> None:
+    """Cache ``data`` as ``<digest>.onnx`` (a graph matching the manifest's record) or, given ``key``, as
+    ``<key>.onnx`` with its sha256 in ``<key>.json`` (graph first, so a sidecar never names a missing one)."""
+    folder = cache_dir()
+    try:
+        with atomic_path(folder / f"{key or digest}.onnx") as tmp:
             Path(tmp).write_bytes(data)
+        if key is not None:
+            write_json(folder / f"{key}.json", {"sha256": digest, "versions": versions()})
     except OSError as e:
         log.info("ONNX graph not cached (%s); it is exported again on the next run", e)
 
 
 def onnx_ensemble(bundle: Bundle, threads: int) -> OnnxEnsemble:
-    """The bundle's graph from the cache when it verifies, else exported from the verified weights."""
+    """The bundle's graph from the cache when it verifies, else exported from the verified weights and cached."""
     data, status, found = cached_graph(bundle)
     if data is None:
         if status == "mismatch":
@@ -150,6 +225,8 @@ def onnx_ensemble(bundle: Bundle, threads: int) -> OnnxEnsemble:
         digest = hashlib.sha256(data).hexdigest()
         if digest == expected_graph(bundle):
             _store(data, digest)
+        else:
+            _store(data, digest, key=graph_key(bundle))
     return OnnxEnsemble(data, threads, bundle.task.kind)
 
 

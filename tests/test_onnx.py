@@ -182,3 +182,89 @@ def test_onnx_runtime_matches_pytorch_for_a_per_image_normalised_segmentation_bu
     bundle = load_bundle(make_seg_bundle(tmp_path / "blobs", seg_task(), input_norm="image"))
     assert bundle.ensemble.norm.per_image
     assert_onnx_matches_pytorch(bundle, make_seg_images(tmp_path / "test", n=3, size=(40, 72)))
+
+
+def other_machines_record(folder):
+    """The bundle's manifest as exported on another machine, whose graph hashes differently from ours
+    (the manifest has no hash of its own: load_bundle verifies the weight files it lists)."""
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["onnx"] = {"sha256": "0" * 64, "versions": onnx_backend.versions()}
+    manifest_path.write_text(json.dumps(manifest))
+    return folder
+
+
+def counting_exports(monkeypatch):
+    calls = []
+    real = onnx_backend.export_ensemble
+
+    def export(bundle):
+        calls.append(bundle.name)
+        return real(bundle)
+    monkeypatch.setattr(onnx_backend, "export_ensemble", export)
+    return calls
+
+
+def test_a_graph_built_here_is_cached_although_the_record_names_another_machines(tmp_path, cache, monkeypatch):
+    from model.check import CheckReport, check_graphs
+    folder = other_machines_record(make_bundle(tmp_path / "cla", "cla"))
+    calls = counting_exports(monkeypatch)
+    _, status, message = cached_graph(load_bundle(folder, lazy=True))
+    key = onnx_backend.graph_key(load_bundle(folder, lazy=True))
+    assert status == "missing" and str(cache / f"{key}.onnx") in message
+
+    first, note = select_engine(load_bundle(folder, lazy=True), "onnx", torch.device("cpu"))
+    assert note is None and first.name == "onnxruntime" and len(calls) == 1
+    graph, sidecar = cache / f"{key}.onnx", cache / f"{key}.json"
+    assert json.loads(sidecar.read_text())["sha256"] == hashlib.sha256(graph.read_bytes()).hexdigest()
+    assert not (cache / f"{'0' * 64}.onnx").exists()
+
+    bundle = load_bundle(folder, lazy=True)
+    data, status, message = cached_graph(bundle)
+    assert status == "verified" and data == graph.read_bytes() and "built on this machine" in message
+    report = CheckReport()
+    check_graphs([bundle], report)
+    assert any("ONNX graph cached and verified" in n for n in report.notes) and not report.warnings
+    second, note = select_engine(bundle, "onnx", torch.device("cpu"))
+    assert note is None and second.name == "onnxruntime" and len(calls) == 1   # loaded, not exported again
+
+
+def test_the_key_changes_with_the_weights_and_the_versions(tmp_path, monkeypatch):
+    one = load_bundle(make_bundle(tmp_path / "a", "cla"), lazy=True)
+    other = load_bundle(make_bundle(tmp_path / "b", "cla", seed=5), lazy=True)
+    key = onnx_backend.graph_key(one)
+    assert key == onnx_backend.graph_key(load_bundle(tmp_path / "a", lazy=True)) != onnx_backend.graph_key(other)
+    monkeypatch.setattr(onnx_backend, "versions", lambda: "torch 0, onnxruntime 0, opset 0")
+    assert onnx_backend.graph_key(one) != key
+
+
+def test_a_tampered_graph_built_here_is_exported_again_not_loaded(tmp_path, cache, monkeypatch):
+    folder = other_machines_record(make_bundle(tmp_path / "cla", "cla"))
+    select_engine(load_bundle(folder, lazy=True), "onnx", torch.device("cpu"))
+    key = onnx_backend.graph_key(load_bundle(folder, lazy=True))
+    graph = cache / f"{key}.onnx"
+    good = graph.read_bytes()
+    other = make_bundle(tmp_path / "other", "cla", seed=5)          # a valid graph with other weights
+    graph.write_bytes(onnx_backend.build_graph(load_bundle(other)))
+    bundle = load_bundle(folder, lazy=True)
+    _, status, message = cached_graph(bundle)
+    assert status == "mismatch" and "exported again" in message
+    calls = counting_exports(monkeypatch)
+    loaded = []
+    real_session = onnx_backend.OnnxEnsemble
+
+    def session(data, threads, kind):
+        loaded.append(data)
+        return real_session(data, threads, kind)
+    monkeypatch.setattr(onnx_backend, "OnnxEnsemble", session)
+    engine, note = select_engine(bundle, "onnx", torch.device("cpu"))
+    assert note is None and len(calls) == 1 and loaded == [good]    # the bundle's own graph, not the doctored one
+    assert graph.read_bytes() == good and cached_graph(load_bundle(folder, lazy=True))[1] == "verified"
+
+
+def test_check_says_every_run_exports_when_the_cache_is_not_writable(tmp_path, monkeypatch):
+    folder = other_machines_record(make_bundle(tmp_path / "cla", "cla"))
+    (tmp_path / "blocker").write_text("a file where the cache folder would go")
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "blocker"))
+    _, status, message = cached_graph(load_bundle(folder, lazy=True))
+    assert status == "unwritable" and "exported on every run" in message
