@@ -2,6 +2,7 @@
 processes under torchrun (DistributedDataParallel, gloo on CPU here; nccl on GPUs)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -116,3 +117,86 @@ def test_one_fold_on_two_processes_trains_resumes_after_a_kill_and_matches_one_p
     # The resumed fold repeats an uninterrupted one on two processes.
     _done(_train(tmp_path, "straight", "--folds", "0", "--epochs", "12", "--batch-size", "4", launcher=TORCHRUN))
     np.testing.assert_allclose(_oof(tmp_path, "ddp"), _oof(tmp_path, "straight"), atol=1e-6)
+
+
+# Each of two gloo processes trains fold 0 straight through, rank 0 keeping a copy of the resume state it
+# saved after epoch 1, then trains it again in a second run folder that holds that copy: both must resume.
+RESUMING_RANK = """
+import json, logging, shutil, sys
+from datetime import timedelta
+from pathlib import Path
+sys.path.insert(0, {project!r})
+import numpy as np, torch, torch.distributed as dist
+torch.set_num_threads(1)
+import model.kinds
+from model.task import load_task
+from model.training import engine
+from model.training.config import TrainConfig
+from model.training.dataset import ImageCache
+
+rank, out = int(sys.argv[1]), Path({out!r})
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+dist.init_process_group("gloo", init_method=f"file://{{out / 'store'}}", rank=rank, world_size=2,
+                        timeout=timedelta(seconds=60))
+task = load_task(Path({project!r}) / "tasks" / "birads-cla.yaml")
+n = 32   # 16 training images: 2 steps of 2 x 4 per epoch
+images = np.random.default_rng(0).integers(0, 256, (n, 37, 37, 3), dtype=np.uint8)
+cache = ImageCache(images, np.ascontiguousarray(images[:, :32, :32]), [np.zeros((0, 4), np.float32)] * n)
+labels = np.arange(n) % len(task.heads)
+targets, masks = task.kind.encode(labels, len(task.heads))
+# EMA on: rank 0 validates the EMA, whose warm-up follows the step counter a resume must restore.
+cfg = TrainConfig(backbone="test_efficientnet", pretrained="none", img_size=32, workers=0, device="cpu",
+                  augment="cpu", precision="fp32", epochs=3, batch_size=4, checkpoint_every=0, ema_decay=0.9)
+epochs = []
+seed = engine.epoch_seed
+engine.epoch_seed = lambda s, fold, epoch: epochs.append(epoch) or seed(s, fold, epoch)
+
+def keep_state_after_epoch_1(epoch, score):   # rank 0 alone reports, after saving last.pt
+    if epoch == 1:
+        (out / "resumed" / "fold0").mkdir(parents=True)
+        shutil.copy(out / "straight" / "fold0" / "last.pt", out / "resumed" / "fold0" / "last.pt")
+
+run = lambda name, report=None: engine.train_fold(task, cfg, cache, targets, masks, labels, np.arange(n) % 2, 0,
+                                                 out / name, report=report)
+run("straight", keep_state_after_epoch_1)
+straight, epochs[:] = list(epochs), []
+summary = run("resumed")
+(out / f"rank{{rank}}.json").write_text(json.dumps({{"straight": straight, "resumed": epochs, "summary": summary}}))
+dist.destroy_process_group()
+"""
+
+
+def test_every_process_resumes_a_fold_after_the_saved_epoch_as_if_never_stopped(tmp_path):
+    script = RESUMING_RANK.format(project=str(PROJECT), out=str(tmp_path))
+    ranks = [subprocess.Popen([sys.executable, "-c", script, str(rank)], cwd=PROJECT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}) for rank in (0, 1)]
+    outs = []
+    try:
+        for process in ranks:
+            outs.append(process.communicate(timeout=150)[0])     # a rank that waits for the other fails
+    finally:
+        for process in ranks:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+    for process, out in zip(ranks, outs):
+        assert process.returncode == 0, out
+    for rank, out in enumerate(outs):
+        report = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert report["straight"] == [1, 2, 3], rank
+        assert "fold 0: resuming after epoch 1" in out, (rank, out)
+        assert report["resumed"] == [2, 3], (rank, out)                       # after the saved epoch, on every rank
+        assert report["summary"]["epochs_run"] == 3 and report["summary"]["processes"] == 2
+    straight, resumed = (tmp_path / "straight" / "fold0", tmp_path / "resumed" / "fold0")
+    assert not (resumed / "last.pt").exists() and (resumed / "done.json").is_file()
+    history, again = (json.loads((folder / "history.json").read_text()) for folder in (straight, resumed))
+    assert [h["epoch"] for h in again] == [1, 2, 3]
+    for h in (*history, *again):
+        h.pop("seconds")
+    # The same weights, optimizer, LR schedule and step counter (the EMA's warm-up) on both processes as
+    # in the uninterrupted run: the same losses, learning rates and validation probabilities.
+    np.testing.assert_allclose(pd.DataFrame(again).to_numpy(), pd.DataFrame(history).to_numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.load(resumed / "oof.npy"), np.load(straight / "oof.npy"), rtol=0, atol=1e-6)
+    done = [json.loads((folder / "done.json").read_text()) for folder in (straight, resumed)]
+    assert [{k: v for k, v in d.items() if k != "seconds_per_epoch"} for d in done] == [
+        {k: v for k, v in done[0].items() if k != "seconds_per_epoch"}] * 2
