@@ -2,7 +2,9 @@
 
 With no arguments this does the organiser's job: every bundle in model/weights/ (for BI-RADS: cla and fea)
 reads its folder of ../testB (relative to this project folder, wherever it is started from) and writes its
-CSV (cla_pre.csv, fea_pre.csv) into this folder. ``python run.py --help`` lists the options.
+CSV (cla_pre.csv, fea_pre.csv) into this folder. A segmentation bundle writes what its task's output asks
+for: a folder of mask PNGs (one per image, at the image's size), an RLE CSV or a summary CSV.
+``python run.py --help`` lists the options.
 """
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "1 image per ONNX Runtime stream, 4 views for PyTorch; 32 on CUDA)")
     p.add_argument("--tta", type=_tta, default="hflip", help="none, hflip or a comma list (hflip,multiply); default hflip")
     p.add_argument("--id-column", choices=tuple(ID_COLUMNS),
-                   help="first CSV column: the number in the file name (id) or the file name (img_name); "
+                   help="first column of a CSV output: the number in the file name (id) or the file name (img_name); "
                         "default: each task's own")
     p.add_argument("--workers", type=_count(0), default=-1,
                    help="image decoding threads (default: cores - 1, at most 16 on CUDA and 4 on CPU)")
@@ -72,7 +74,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="channels-last memory layout (default on: faster on CPU and CUDA)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--check", action="store_true",
-                   help="pre-flight check of this folder (environment, bundles, dry run, timing) instead of predicting")
+                   help="pre-flight check of this folder (environment, bundles, dry run, timing, and whether each ONNX "
+                        "graph is loaded from the cache or exported) instead of predicting")
     p.add_argument("--images", type=_count(1), default=1700, help="with --check: estimate the run time for this many images")
     p.add_argument("--debug", action="store_true", help="show a traceback instead of a one-line error")
     return p

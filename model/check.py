@@ -2,7 +2,8 @@
 
 Verifies that environment.yml and requirements.txt agree; that every bundle is present, matches its
 sha256 and loads on CPU; what each bundle's CV rests on (folds, OOF coverage, the decision rule), with a
-warning where that is thin; which ONNX graph run.py would load; and that a dry run of run.py on generated
+warning where that is thin; whether the next run.py loads each ONNX graph from the cache or
+exports it (and on every run, when the cache is not writable); and that a dry run of run.py on generated
 images of awkward kinds (png/jpg, grayscale, RGBA, 16-bit, palette, large) writes valid CSVs. Then it
 times run.py's prediction loop on those images and estimates the time for N images. Every problem comes
 with the fix.
@@ -127,14 +128,33 @@ def as_written(task, id_mode: str | None):
     return dataclasses.replace(task, output=output)
 
 
-def check_graphs(bundles, report: CheckReport) -> None:
+def check_graphs(bundles, report: CheckReport, dry_run=None, before=None) -> None:
+    """What the next run.py does with each bundle's ONNX graph. ``dry_run``: the check's own run of run.py,
+    whose engines are those of the next run and which has already exported and cached any graph that was
+    missing (``before``: name -> (status, message) of cached_graph before it); without one, the cache now."""
     reason = unavailable_reason()
+    results = {r.name: r for r in dry_run.results} if dry_run is not None else {}
     for bundle in bundles:
         if reason:
             report.notes.append(f"{bundle.name}: ONNX Runtime unavailable ({reason}); run.py uses PyTorch")
             continue
+        result = results.get(bundle.name)
+        if result is not None and result.engine and result.engine != "onnxruntime":
+            fallback = [p for p in result.problems if p.startswith("ONNX Runtime not used")]
+            if fallback:  # every run tries the export again, then runs the slower PyTorch
+                report.warnings.append(f"{bundle.name}: {fallback[0]}")
+            else:
+                report.notes.append(f"{bundle.name}: run.py runs PyTorch ({result.engine}) with these options; "
+                                    "no ONNX graph is used")
+            continue
+        was, was_message = (before or {}).get(bundle.name, (None, ""))
         _, status, message = cached_graph(bundle)
-        (report.warnings if status == "mismatch" else report.notes).append(f"{bundle.name}: ONNX graph {message}")
+        if "mismatch" in (was, status):  # the cache was changed behind our back: worth a look, even if repaired
+            report.warnings.append(f"{bundle.name}: ONNX graph {was_message if was == 'mismatch' else message}")
+        if status == "verified" and was in ("missing", "mismatch"):
+            message = f"exported by this check's dry run, {message}"
+        if status != "mismatch":
+            report.notes.append(f"{bundle.name}: ONNX graph {message}")
 
 
 def check_submission(project: Path, options: RunOptions, n_images: int = 1700, dry_run_images: int = 16) -> CheckReport:
@@ -152,9 +172,10 @@ def check_submission(project: Path, options: RunOptions, n_images: int = 1700, d
             report.problems.append(str(e))
     for bundle in bundles:
         describe_bundle(bundle, report)
-    check_graphs(bundles, report)
     if report.problems or not bundles:
+        check_graphs(bundles, report)
         return report
+    before = {bundle.name: cached_graph(bundle)[1:] for bundle in bundles} if unavailable_reason() is None else {}
     with tempfile.TemporaryDirectory(prefix="harness-check-") as tmp:
         tmp = Path(tmp)
         for bundle in bundles:
@@ -163,6 +184,7 @@ def check_submission(project: Path, options: RunOptions, n_images: int = 1700, d
         started = time.perf_counter()
         outcome = run(dry)
         seconds = time.perf_counter() - started
+        check_graphs(bundles, report, outcome, before)  # after the dry run: the cache as the next run finds it
         for result in outcome.results:
             if result.failed:
                 report.problems += [f"dry run: {p}" for p in result.problems]

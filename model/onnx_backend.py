@@ -183,14 +183,16 @@ def cached_graph(bundle: Bundle) -> tuple[bytes | None, str, str]:
         path = folder / f"{expected}.onnx"
         data, present = _read_verified(path, expected)
         if data is not None:
-            return data, "verified", f"cached and verified against the manifest's record ({path})"
+            return data, "verified", (f"cached and verified against the manifest's record ({path}): "
+                                      "the next run loads it")
         if present:
             damaged.append(f"{path} does not hash to the bundle's record")
     key = graph_key(bundle)
     path, sidecar = folder / f"{key}.onnx", folder / f"{key}.json"
     data, present = _read_verified(path, _sidecar_digest(sidecar))
     if data is not None:
-        return data, "verified", f"cached and verified (built on this machine from the verified weights: {path})"
+        return data, "verified", (f"cached and verified (built on this machine from the verified weights: {path}): "
+                                  "the next run loads it")
     if present or sidecar.exists():
         damaged.append(f"{path} does not hash to its record {sidecar.name}")
     if not cache_writable():

@@ -1,12 +1,18 @@
-"""Score prediction CSVs with each task's metric: ``python -m model.score PRED_DIR GT_DIR``.
+"""Score predictions (CSVs, or a segmentation task's masks) with each task's metric:
+``python -m model.score PRED_DIR GT_DIR``.
 
 The tasks come from the bundles in model/weights (``--weights DIR`` for others) or from task files
 (``--task FILE``, repeatable). For each task, PRED_DIR/<output.file> (say cla_pre.csv) is scored against
 GT_DIR/<the same name with _gt for _pre> (cla_gt.csv), which has an ``id`` column and the task's label
 columns. Rows are matched by id; a prediction file keyed by file name is matched through GT_DIR's
 <task>_order.csv (id,image_name), or through the number in the file name when there is no order file.
-Missing ids count as wrong, and missing, extra, duplicate and malformed rows are all reported. With
-several tasks, ``overall`` is their mean (for BI-RADS: 0.5 * cla + 0.5 * fea).
+Missing ids count as wrong, and missing, extra, duplicate and malformed rows are all reported.
+
+A segmentation task's PRED_DIR/<output.file> is a folder of mask PNGs or an RLE CSV, scored against the
+true masks in GT_DIR/<its test folder>/ (one mask image per test image, named after it: 0001.png, or
+with the task's mask suffix, 0001_mask.png); each predicted mask must have its image's size. A summary
+CSV holds no masks, so it cannot be scored. With several tasks, ``overall`` is their mean (for BI-RADS:
+0.5 * cla + 0.5 * fea).
 """
 from __future__ import annotations
 

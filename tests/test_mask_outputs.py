@@ -296,16 +296,19 @@ def test_a_mask_with_values_between_the_classes_is_said_to_be_resized_with_inter
         load_mask(tmp_path / "other.png", (255,))
 
 
-def test_a_predicted_mask_of_another_size_names_the_prediction_and_the_truth(tmp_path):
+def test_a_predicted_mask_of_another_size_names_the_predicted_file_and_the_true_one(tmp_path):
     from model.errors import ScoreError
     from model.outputs.masks import score_mask_task
     from tests.helpers import seg_task
     task = seg_task()
-    (tmp_path / "gt" / task.test_folder).mkdir(parents=True)
-    (tmp_path / "pred" / task.output.file).mkdir(parents=True)
-    Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "gt" / task.test_folder / "0001.png")
-    Image.fromarray(np.zeros((10, 15), np.uint8)).save(tmp_path / "pred" / task.output.file / "0001.png")
+    truth, pred = tmp_path / "gt" / task.test_folder, tmp_path / "pred" / task.output.file
+    truth.mkdir(parents=True)
+    pred.mkdir(parents=True)
+    for stem, predicted_size in (("0001", (20, 30)), ("0002", (10, 15)), ("0003", (10, 15))):
+        Image.fromarray(np.zeros((20, 30), np.uint8)).save(truth / f"{stem}_mask.png")
+        Image.fromarray(np.zeros(predicted_size, np.uint8)).save(pred / f"{stem}.png")
     with pytest.raises(ScoreError) as e:
         score_mask_task(task, tmp_path / "pred", tmp_path / "gt")
-    assert str(tmp_path / "pred" / task.output.file) in str(e.value) and str(tmp_path / "gt" / task.test_folder) in str(e.value)
-    assert "predicted 15x10, true 30x20" in str(e.value)
+    assert str(e.value) == (f"{pred / '0002.png'}: a predicted mask of 15x10, but the true mask "
+                            f"{truth / '0002_mask.png'} is 30x20 (2 mask(s) of another size than the truth: "
+                            "['0002', '0003']); masks must be at each image's original size")

@@ -268,3 +268,58 @@ def test_check_says_every_run_exports_when_the_cache_is_not_writable(tmp_path, m
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "blocker"))
     _, status, message = cached_graph(load_bundle(folder, lazy=True))
     assert status == "unwritable" and "exported on every run" in message
+
+
+def checked(tmp_path, weights, **options):
+    """run.py --check on ``weights``, with a copy of the project's environment files."""
+    import shutil
+    from model.check import check_submission
+    from model.runner import RunOptions
+    project = tmp_path / "project"
+    project.mkdir(exist_ok=True)
+    for name in ("environment.yml", "requirements.txt"):
+        shutil.copy(PROJECT / name, project / name)
+    return check_submission(project, RunOptions(Path("unused"), Path("unused"), weights, **options), dry_run_images=2)
+
+
+def graph_notes(report, name="cla"):
+    return [n for n in report.notes + report.warnings if n.startswith(f"{name}: ") and "ONNX" in n]
+
+
+def test_check_says_what_the_next_run_does_and_the_next_run_does_it(tmp_path, cache, monkeypatch):
+    other_machines_record(make_bundle(tmp_path / "w/cla", "cla"))
+    first = checked(tmp_path, tmp_path / "w")
+    # The check's dry run exported the graph and cached it, so the next run loads it: that is what it says.
+    (graph,) = cache.glob("*.onnx")
+    loads = (f"cla: ONNX graph cached and verified (built on this machine from the verified weights: {graph}): "
+             "the next run loads it")
+    assert graph_notes(first) == [loads.replace("graph ", "graph exported by this check's dry run, ", 1)]
+    calls = counting_exports(monkeypatch)
+    test_dir = make_test_folder(tmp_path / "testB", n=2)
+    assert run.main(["--weights", str(tmp_path / "w"), "--test-dir", str(test_dir), "--out-dir", str(tmp_path / "out"),
+                     "--quiet", "--device", "cpu", "--tasks", "cla"]) == 0
+    assert calls == []                                              # loaded, as the check said
+    assert graph_notes(checked(tmp_path, tmp_path / "w")) == [loads] and calls == []
+
+    graph.write_bytes(graph.read_bytes()[:100])                     # a damaged cache: said, and repaired
+    third = checked(tmp_path, tmp_path / "w")
+    note, warning = graph_notes(third)                             # notes first, then warnings
+    assert f"{graph} does not hash to its record" in warning and "exported again" in warning and warning in third.warnings
+    assert note == loads.replace("graph ", "graph exported by this check's dry run, ", 1) and len(calls) == 1
+
+
+def test_check_says_when_every_run_exports_or_none_uses_the_graph(tmp_path, monkeypatch):
+    other_machines_record(make_bundle(tmp_path / "w/cla", "cla"))
+    (tmp_path / "blocker").write_text("a file where the cache folder would go")
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "blocker"))
+    assert graph_notes(checked(tmp_path, tmp_path / "w")) == [
+        f"cla: ONNX graph cache folder {tmp_path / 'blocker/onnx'} is not writable: exported on every run"]
+    assert graph_notes(checked(tmp_path, tmp_path / "w", backend="torch")) == [
+        "cla: run.py runs PyTorch (pytorch) with these options; no ONNX graph is used"]
+
+    def broken_export(bundle):
+        raise RuntimeError("unsupported operator")
+    monkeypatch.setattr(onnx_backend, "export_ensemble", broken_export)
+    report = checked(tmp_path, tmp_path / "w")
+    assert [w for w in report.warnings if "ONNX" in w] == [
+        "cla: ONNX Runtime not used for cla: export failed (RuntimeError: unsupported operator); falling back to PyTorch"]

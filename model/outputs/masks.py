@@ -333,8 +333,10 @@ def score_mask_task(task, pred_dir: Path, gt_dir: Path) -> TaskScore | None:
         return missing_output(task, pred)
     problems: list[str] = []
     truth: dict[str, object] = {}
+    truth_files: dict[str, Path] = {}
     for path in files:
         stem = path.stem.removesuffix(suffix) if suffix and path.stem.endswith(suffix) else path.stem
+        truth_files[stem] = path
         try:
             truth[stem] = load_mask(path, task.mask_values)
         except MaskError as e:
@@ -359,10 +361,12 @@ def score_mask_task(task, pred_dir: Path, gt_dir: Path) -> TaskScore | None:
         problems.append(f"{len(missing)} image(s) have no predicted mask (scored as empty): {missing[:10]}")
     bad = [s for s in stems if s in predicted and predicted[s].shape != truth[s].shape]
     if bad:
-        raise ScoreError(f"{pred}: masks of another size than the truth in {truth_dir} for {bad[:5]} "
-                         f"(predicted {predicted[bad[0]].shape[1]}x{predicted[bad[0]].shape[0]}, true "
-                         f"{truth[bad[0]].shape[1]}x{truth[bad[0]].shape[0]}); masks must be at each "
-                         "image's original size")
+        # Only a mask folder can hold a mask of another size (RLE rows are decoded at the true size).
+        first = next(p for p in sorted(pred.iterdir()) if p.stem == bad[0] and is_image_file(p) and p.is_file())
+        (h, w), (true_h, true_w) = predicted[bad[0]].shape, truth[bad[0]].shape
+        raise ScoreError(f"{first}: a predicted mask of {w}x{h}, but the true mask {truth_files[bad[0]]} is "
+                         f"{true_w}x{true_h} ({len(bad)} mask(s) of another size than the truth: {bad[:5]}); "
+                         "masks must be at each image's original size")
     pattern = task.data.get("group_pattern")
     groups = [group_of(stem, pattern) or stem for stem in stems] if pattern else stems
     # Counted image by image: test images differ in size.
