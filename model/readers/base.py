@@ -135,8 +135,7 @@ def list_images(folder: Path, problems: list[str], clash: str = "so each label m
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
             continue
-        if path.is_symlink() and not path.exists():
-            log.warning("%s: a broken link (to %s), skipped", path, os.readlink(path))
+        if is_broken_link(path):
             continue
         if not is_image_file(path) or not is_regular_file(path):
             log.warning("%s: not an image file (jpg/jpeg/png/bmp/tif), ignored", path)
@@ -172,6 +171,14 @@ def relative_key(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
+def is_broken_link(path: Path) -> bool:
+    """Whether ``path`` is a link to nothing, said with a warning (the reader then skips it)."""
+    if path.is_symlink() and not path.exists():
+        log.warning("%s: a broken link (to %s), skipped", path, os.readlink(path))
+        return True
+    return False
+
+
 def visible_files(folder: Path):
     """Every file below ``folder`` (recursively, sorted), skipping hidden files and folders.
 
@@ -193,8 +200,7 @@ def visible_files(folder: Path):
             if name.startswith("."):
                 continue
             path = Path(parent) / name
-            if path.is_symlink() and not path.exists():
-                log.warning("%s: a broken link (to %s), skipped", path, os.readlink(path))
+            if is_broken_link(path):
                 continue
             yield path
 
@@ -211,31 +217,20 @@ class SegmentationReader(Reader):
     def check_options(cls, opts: dict, heads) -> None:
         check_group_pattern(opts.get("group_pattern"))
 
-    def group_of(self, text: str, image: Path, problems: list[str]) -> str | None:
-        """The group ``group_pattern`` finds in ``text`` (a path or name of ``image``); None without the
-        option, or when it does not match (a problem)."""
+    def groups_of(self, texts: dict[Path, str], where: Path) -> tuple[dict[Path, str | None], str | None]:
+        """(the group ``group_pattern`` finds for each image in its string of ``texts``, None without the
+        option; one problem when the pattern misses some, with a handful of examples). Checked on the names
+        before any image is decoded, so a wrong pattern fails in seconds rather than after every image was
+        read."""
         pattern = self.opts["group_pattern"]
-        if pattern is None:
-            return None
-        group = group_of(text, pattern)
-        if not group:
-            problems.append(f"{image}: {text!r} does not match group_pattern {pattern!r}; fix the pattern or "
-                            "the name")
-        return group or None
-
-
-    def unmatched_groups(self, texts: list[str], where: Path) -> str | None:
-        """One problem when ``group_pattern`` misses some of ``texts`` (the strings it is searched in), with a
-        handful of examples; checked on the names before any image is decoded, so a wrong pattern fails in
-        seconds rather than after every image was read."""
-        pattern = self.opts["group_pattern"]
-        missed = [t for t in texts if pattern is not None and not group_of(t, pattern)]
+        groups = {image: group_of(text, pattern) if pattern is not None else None for image, text in texts.items()}
+        missed = [texts[image] for image, group in groups.items() if pattern is not None and not group]
         if not missed:
-            return None
+            return groups, None
         examples = ", ".join(repr(t) for t in missed[:EXAMPLES])
         more = f" and {len(missed) - EXAMPLES} more" if len(missed) > EXAMPLES else ""
-        return (f"{where}: group_pattern {pattern!r} finds no group in {len(missed)} of {len(texts)} image names "
-                f"(it is searched in {self.group_text_is}): {examples}{more}; fix the pattern")
+        return groups, (f"{where}: group_pattern {pattern!r} finds no group in {len(missed)} of {len(texts)} image "
+                        f"names (it is searched in {self.group_text_is}): {examples}{more}; fix the pattern")
 
 
 EXAMPLES = 5  # names shown when a pattern misses: enough to see why, not the whole data set

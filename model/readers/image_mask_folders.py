@@ -49,7 +49,7 @@ class ImageMaskFolders(SegmentationReader):
         masks = list_images(masks_dir, result.problems, "so each image has one mask")
         if not images:
             result.problems.append(f"{images_dir}: no images")
-        missed = self.unmatched_groups([image.name for image in images.values()], images_dir)
+        groups, missed = self.groups_of({image: image.name for image in images.values()}, images_dir)
         if missed:
             result.problems.append(missed)
             return result
@@ -59,8 +59,8 @@ class ImageMaskFolders(SegmentationReader):
             if mask is None:
                 result.problems.append(f"{image}: mask missing: expected {masks_dir / stem}.<ext>; add it, "
                                        "or remove the image")
-            group = self.group_of(image.name, image, result.problems)
-            segmentation_sample(self.task, image, mask, root, group, result, keep=len(result.problems) == before)
+            segmentation_sample(self.task, image, mask, root, groups[image], result,
+                                keep=len(result.problems) == before)
         for stem in sorted(set(masks) - set(images)):
             result.problems.append(f"{masks[stem]}: mask without its image in {images_dir}; add the image or "
                                    "remove the mask")

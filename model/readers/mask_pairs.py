@@ -61,7 +61,8 @@ class MaskPairs(SegmentationReader):
         if not images:
             result.problems.append(f"{layout}: no images (only masks, named *{suffix}.*)" if masks else
                                    f"{layout}: no images")
-        missed = self.unmatched_groups([paths[0].relative_to(layout).as_posix() for paths in images.values()], layout)
+        groups, missed = self.groups_of({paths[0]: paths[0].relative_to(layout).as_posix()
+                                         for paths in images.values()}, layout)
         if missed:
             result.problems.append(missed)
             return result
@@ -71,8 +72,8 @@ class MaskPairs(SegmentationReader):
             for other in others:
                 result.problems.append(f"{other}: same name as {image.name}; rename one so each mask matches one image")
             mask = self._mask_of(image, masks.get((folder, stem), []), result.problems)
-            group = self.group_of(image.relative_to(layout).as_posix(), image, result.problems)
-            segmentation_sample(self.task, image, mask, root, group, result, keep=len(result.problems) == before)
+            segmentation_sample(self.task, image, mask, root, groups[image], result,
+                                keep=len(result.problems) == before)
         for (folder, stem), paths in sorted(masks.items()):
             if (folder, stem) not in images:
                 for path in paths:
