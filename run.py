@@ -18,9 +18,10 @@ PROJECT = Path(__file__).resolve().parent
 sys.path.insert(0, str(PROJECT))
 
 import model.kinds  # noqa: E402,F401  (the entry point registers the task kinds)
-from model.bundle import WEIGHTS_DIR, make_tta  # noqa: E402
+from model.bundle import WEIGHTS_DIR  # noqa: E402
 from model.cli import guarded  # noqa: E402
 from model.device import PRECISIONS, DeviceError, resolve_device  # noqa: E402
+from model.ensemble import make_tta  # noqa: E402
 from model.runner import RunOptions, run  # noqa: E402
 from model.task import ID_MODES  # noqa: E402
 

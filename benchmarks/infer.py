@@ -37,8 +37,10 @@ import torch  # noqa: E402
 import ttach  # noqa: E402
 
 import run  # noqa: E402
-from model.bundle import export_bundle, load_bundle, make_tta  # noqa: E402
+from model.bundle import load_bundle  # noqa: E402
 from model.device import resolve_precision  # noqa: E402
+from model.ensemble import make_tta  # noqa: E402
+from model.export import export_bundle  # noqa: E402
 from model.images import load_rgb, prepare  # noqa: E402
 from model.network import create_network, normalisation  # noqa: E402
 from model.onnx_backend import record_graph, select_engine  # noqa: E402

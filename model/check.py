@@ -20,7 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from .bundle import BundleError, find_bundles, load_bundle
+from .bundle import find_bundles, load_bundle
+from .errors import BundleError
 from .onnx_backend import cached_graph, unavailable_reason
 from .predict import list_test_images
 from .runner import RunOptions, prepare, predict_folder, run

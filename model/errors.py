@@ -8,3 +8,7 @@ class ScoreError(ValueError):
 
 class TaskFileError(ValueError):
     """A task file (or a manifest's task section) that cannot be used; the message says where and why."""
+
+
+class BundleError(ValueError):
+    """A bundle (its manifest, a checkpoint, a weight file) that cannot be used; the message names the file."""

@@ -32,7 +32,10 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_path, write_json
-from .bundle import MANIFEST, Bundle, BundleError, load_bundle, merge_views, tta_views
+from .bundle import Bundle, load_bundle
+from .ensemble import merge_views, tta_views
+from .errors import BundleError
+from .manifest import MANIFEST
 
 log = logging.getLogger(__name__)
 OPSET = 17

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from .bundle import Bundle, find_bundles, load_bundle, read_manifest
+from .bundle import Bundle, find_bundles, load_bundle
 from .device import decode_threads, resolve_device, resolve_precision
+from .manifest import read_manifest
 from .onnx_backend import select_engine
 from .predict import auto_batch_size, list_test_images, predict_paths
 

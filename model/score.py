@@ -21,10 +21,11 @@ import sys
 from pathlib import Path
 
 
-from .bundle import WEIGHTS_DIR, find_bundles, read_manifest
+from .bundle import WEIGHTS_DIR, find_bundles
 from .cli import guarded
-from .metric import overall_score
 from .errors import ScoreError
+from .manifest import read_manifest
+from .metric import overall_score
 from .task import load_task, task_from_dict
 
 

@@ -23,8 +23,9 @@ from pathlib import Path
 import pandas as pd
 
 from .atomic import atomic_path, write_json
-from .bundle import MANIFEST, WEIGHTS_DIR, find_bundles, read_manifest
+from .bundle import WEIGHTS_DIR, find_bundles
 from .cli import guarded
+from .manifest import MANIFEST, read_manifest
 from .metric import overall_score
 from .score import score_folder
 from .task import task_from_dict

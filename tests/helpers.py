@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import model.kinds  # noqa: F401  (registers the task kinds, as the entry points do)
-from model.bundle import export_bundle
+from model.export import export_bundle
 from model.network import create_network
 from model.synthetic import fake_ultrasound, save_image  # noqa: F401 (re-exported for tests)
 from model.task import Task, load_task, task_from_dict

@@ -5,8 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from model.bundle import BundleError, load_bundle, load_checkpoint, make_tta, read_manifest, sha256
 from model.atomic import public_mode
+from model.bundle import load_bundle
+from model.checkpoint import load_checkpoint
+from model.ensemble import make_tta
+from model.errors import BundleError
+from model.manifest import read_manifest, sha256
 from model.network import OFFLINE_IMAGENET, create_network, offline_imagenet_state
 from tests.helpers import TEST_BACKBONE, TEST_SIZE, make_bundle
 
@@ -162,6 +166,17 @@ def test_a_checkpoint_that_disagrees_with_its_manifest_is_refused(tmp_path):
         load_bundle(folder)
 
 
+def test_checkpoints_are_written_as_harness_checkpoints_and_the_earlier_name_still_loads(tmp_path):
+    folder = make_bundle(tmp_path / "cla", "cla")
+    ckpt = torch.load(folder / "fold0.pt", weights_only=True)
+    assert ckpt["format"] == "harness-checkpoint/1"
+    torch.save({**ckpt, "format": "birads-checkpoint/1"}, tmp_path / "old.pt")  # a bundle or run from before
+    assert load_checkpoint(tmp_path / "old.pt")["heads"] == ckpt["heads"]
+    torch.save({**ckpt, "format": "other/1"}, tmp_path / "other.pt")
+    with pytest.raises(BundleError, match="not a harness-checkpoint/1 checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
 def test_unknown_tta_is_rejected():
     with pytest.raises(ValueError, match="unknown TTA"):
         make_tta("rotate90")
@@ -189,7 +204,7 @@ def test_pretrained_from_a_local_file_skips_the_old_head(tmp_path):
 
 
 def test_bundle_export_refuses_to_replace_without_force_and_keeps_the_old_one(tmp_path):
-    from model.bundle import export_bundle
+    from model.export import export_bundle
     folder = make_bundle(tmp_path / "w/cla", "cla", seed=0)
     before = sha256(folder / "fold0.pt")
     ckpt = load_checkpoint(folder / "fold0.pt")

@@ -4,7 +4,8 @@ import hashlib
 import pytest
 
 import run
-from model.bundle import WEIGHTS_DIR, find_bundles, verify_bundle
+from model.bundle import WEIGHTS_DIR, find_bundles
+from model.manifest import verify_bundle
 from model.score import score_folder, tasks_from
 from tests.helpers import SHARED_DATA
 
@@ -23,7 +24,7 @@ def test_default_bundle_is_intact_small_and_attributed():
     assert problems == [] and [f.name for f in folders] == ["cla", "fea"]
     total = 0
     for folder in folders:
-        manifest = verify_bundle(folder)
+        manifest, _ = verify_bundle(folder)
         assert manifest["trained_on"]["dataset"] == "breast-lesions-usg"
         assert "CC BY 4.0" in manifest["trained_on"]["license"]
         total += sum((folder / f["file"]).stat().st_size for f in manifest["folds"])

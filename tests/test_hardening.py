@@ -252,7 +252,8 @@ def test_training_outputs_stay_out_of_git_status():
 
 
 def test_weights_that_do_not_fit_the_manifests_network_are_a_message(tmp_path, capsys):
-    from model.bundle import MANIFEST, load_checkpoint, save_checkpoint, sha256
+    from model.checkpoint import load_checkpoint, save_checkpoint
+    from model.manifest import MANIFEST, sha256
     from model.network import create_network
     folder = make_bundle(tmp_path / "w" / "cla", "cla")
     ckpt = load_checkpoint(folder / "fold0.pt")
@@ -291,7 +292,8 @@ def test_a_training_image_name_that_is_not_utf8_is_named(tmp_path):
 
 @pytest.mark.parametrize("replace", [False, True])
 def test_export_never_moves_a_folder_that_holds_no_bundle_even_with_force(tmp_path, replace):
-    from model.bundle import BundleError, export_bundle
+    from model.errors import BundleError
+    from model.export import export_bundle
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("mine")
     with pytest.raises(BundleError, match="holds no bundle \\(no manifest.json\\); it is not replaced, even with --force"):

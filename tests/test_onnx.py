@@ -12,7 +12,8 @@ import torch
 import model.bundle as bundle_module
 import model.onnx_backend as onnx_backend
 import run
-from model.bundle import load_bundle, make_tta
+from model.bundle import load_bundle
+from model.ensemble import make_tta
 from model.onnx_backend import cache_dir, cached_graph, record_graph, select_engine
 from model.predict import predict_paths
 from tests.helpers import make_bundle, make_test_folder

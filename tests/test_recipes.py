@@ -45,7 +45,7 @@ def test_the_probe_recipe_trains_exports_and_serves_like_any_bundle(tmp_path, cl
     assert len(pd.read_csv(tmp_path / "out/cla_pre.csv")) == 3
     # The saved network is the regression, standardisation folded in: on the same views it gives the
     # probe's out-of-fold probabilities.
-    from model.bundle import load_checkpoint, network_from_checkpoint
+    from model.checkpoint import load_checkpoint, network_from_checkpoint
     from model.network import InputNorm
     ckpt = load_checkpoint(tmp_path / "run/fold0/best.pt")
     net = network_from_checkpoint(ckpt)

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 import run
-from model.bundle import load_bundle, make_tta, sha256
+from model.bundle import load_bundle
+from model.ensemble import make_tta
+from model.manifest import sha256
 from model.predict import list_test_images, predict_paths
 from tests.helpers import FEA_TASK, fake_ultrasound, generic_task, make_bundle, make_test_folder, save_image
 

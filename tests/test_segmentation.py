@@ -12,10 +12,14 @@ import torch
 
 import run
 from model import masks as M
-from model.bundle import CHECKPOINT_KEYS, BundleError, load_bundle, make_tta, merge_views, read_manifest, tta_views
+from model.bundle import load_bundle
+from model.checkpoint import CHECKPOINT_KEYS
 from model.decision import tune_rule
+from model.ensemble import make_tta, merge_views, tta_views
+from model.errors import BundleError
 from model.kinds import SEGMENTATION
 from model.kinds.segmentation import MaskSet
+from model.manifest import read_manifest
 from model.predict import predict_paths
 from model.score import ScoreError, score_folder
 from model.task import TaskFileError, task_from_dict

@@ -14,7 +14,7 @@ space (``model/training/search_spaces/<kind>.yaml``).
 from __future__ import annotations
 
 from ..registry import kinds
-from . import classification, segmentation  # noqa: F401  (each registers its kinds)
+from . import birads_v1, classification, segmentation  # noqa: F401  (each registers its kinds; birads_v1 an upgrade)
 from .base import Kind
 
 SINGLE_LABEL, MULTI_LABEL, SEGMENTATION = (kinds()[name] for name in ("single-label", "multi-label", "segmentation"))

@@ -24,13 +24,13 @@ from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
 
 from ..atomic import atomic_path, write_json
-from ..bundle import save_checkpoint
+from ..checkpoint import save_checkpoint
 from ..device import autocast, resolve_device, resolve_precision, spare_cores
 from ..network import create_network, head_parameters, input_norm, normalisation
-from .config import TrainConfig
-from .augment import DeviceLoader, fits_on_device
-from .dataset import EpochSampler, EvalDataset, ImageCache, TrainDataset, epoch_seed
 from . import distributed
+from .augment import DeviceLoader, fits_on_device
+from .config import TrainConfig
+from .dataset import EpochSampler, EvalDataset, ImageCache, TrainDataset, epoch_seed
 from .seeding import seed_everything
 
 log = logging.getLogger(__name__)

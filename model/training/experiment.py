@@ -21,15 +21,18 @@ import torch
 import yaml
 
 from ..atomic import atomic_path, write_json, write_text
-from ..bundle import WEIGHTS_DIR, BundleError, export_bundle, load_checkpoint, save_checkpoint
+from ..bundle import WEIGHTS_DIR
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..decision import tune_rule
 from ..device import resolve_device
+from ..errors import BundleError
+from ..export import export_bundle
 from ..images import ImageReadError, load_rgb
 from ..network import input_norm
 from ..readers import DatasetError, read_dataset
 from ..task import task_from_dict
-from .config import TrainConfig, differing_keys, portable, read_config, save_config, selected_folds
 from . import distributed
+from .config import TrainConfig, differing_keys, portable, read_config, save_config, selected_folds
 from .dataset import build_cache
 from .engine import checkpoint_meta, resolve_workers, train_fold, validation_score
 from .folds import FOLDS_DIR, content_hash, duplicate_sets, load_or_make_folds

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..bundle import load_checkpoint, network_from_checkpoint
+from ..checkpoint import load_checkpoint, network_from_checkpoint
 from ..network import InputNorm
 from .plots import image_grid
 
