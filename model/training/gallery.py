@@ -17,6 +17,7 @@ import torch
 from ..checkpoint import load_checkpoint, network_from_checkpoint
 from ..network import InputNorm
 from .plots import image_grid
+from .run_folder import RunFolder
 
 PER_ROW = 4
 
@@ -44,6 +45,7 @@ def pick_mistakes(task, labels: np.ndarray, probs: np.ndarray, predicted: np.nda
 def write_gallery(run_dir: Path, task, images: list[np.ndarray], labels: np.ndarray, probs: np.ndarray,
                   fold_ids: np.ndarray, rule: dict, norm: InputNorm) -> Path:
     """Draw RUN_DIR/errors.png for OOF ``probs`` of the (N, H, W, 3) inference views ``images``."""
+    run = RunFolder(run_dir)
     predicted = task.decide(probs, rule)
     rows = pick_mistakes(task, labels, probs, predicted)
     nets: dict[int, torch.nn.Module] = {}
@@ -52,11 +54,11 @@ def write_gallery(run_dir: Path, task, images: list[np.ndarray], labels: np.ndar
         index, head, caption = pick
         fold = int(fold_ids[index])
         if fold not in nets:
-            nets[fold] = network_from_checkpoint(load_checkpoint(run_dir / f"fold{fold}" / "best.pt"))
+            nets[fold] = network_from_checkpoint(load_checkpoint(run.fold(fold).best))
         ax.imshow(images[index])
         ax.imshow(grad_cam(nets[fold], norm, images[index], head), cmap="jet", alpha=0.35, vmin=0, vmax=1)
         ax.set_title(caption, fontsize=8)
 
-    image_grid(run_dir / "errors.png", rows, draw, f"{task.title}: most confident out-of-fold mistakes, Grad-CAM of "
+    image_grid(run.gallery, rows, draw, f"{task.title}: most confident out-of-fold mistakes, Grad-CAM of "
                "the predicted output", PER_ROW, empty="no mistake")
-    return run_dir / "errors.png"
+    return run.gallery

@@ -1,7 +1,6 @@
 """Training curves per fold and the OOF confusion matrices, as PNG files fit for a report."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +11,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..atomic import atomic_path  # noqa: E402
+from .run_folder import RunFolder  # noqa: E402
 
 
 def save_figure(fig, path: Path) -> None:
@@ -45,14 +45,14 @@ def image_grid(path: Path, rows: list, draw, title: str, per_row: int = 4, empty
 def plot_curves(run_dir: Path, task, folds: list[int]) -> None:
     """Per fold: training loss, validation score (the best epoch marked) and the learning rate."""
     for k in folds:
-        history = json.loads((run_dir / f"fold{k}" / "history.json").read_text())
+        folder = RunFolder(run_dir).fold(k)
+        history = folder.read_history()
         if not history:
             continue
         epochs = [h["epoch"] for h in history]
         scores = [h["val_score"] for h in history]
         best = int(np.argmax(scores))
-        selected = json.loads((run_dir / f"fold{k}" / "done.json").read_text()).get("selected_epoch") \
-            if (run_dir / f"fold{k}" / "done.json").is_file() else None
+        selected = (folder.read_done() or {}).get("selected_epoch")
         fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.5, 5), sharex=True, height_ratios=(3, 1))
         lines = top.plot(epochs, [h["train_loss"] for h in history], "o-", color="tab:blue", label="training loss")
         top.set_ylabel("training loss")
@@ -73,7 +73,7 @@ def plot_curves(run_dir: Path, task, folds: list[int]) -> None:
         bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
         if len(epochs) == 1:  # one point: give the axis some width instead of a degenerate range
             bottom.set_xlim(epochs[0] - 1, epochs[0] + 1)
-        save_figure(fig, run_dir / f"fold{k}" / "curves.png")
+        save_figure(fig, folder.curves)
 
 
 def plot_confusion(path: Path, task, labels: np.ndarray, predicted: np.ndarray, score: float) -> None:

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..atomic import atomic_path
 from ..network import create_network, input_norm
+from .run_folder import RunFolder, save_array
 
 log = logging.getLogger("train")
 STRIDE = 8
@@ -107,8 +107,7 @@ def run_pixel_probe(task, cfg, cache, labels, fold_ids: np.ndarray, run_dir: Pat
         train, val = fold_ids != fold, fold_ids == fold
         fitted = fit_cells(features[train], cells[train], rng)
         oof[val] = predict_cells(fitted, features[val], len(task.heads), cache.eval.shape[1])
-    with atomic_path(run_dir / "probe" / "oof.npy") as tmp, open(tmp, "wb") as f:
-        np.save(f, oof)
+    save_array(RunFolder(run_dir).probe_oof, oof)
     log.info("%s: pixel linear probe on frozen %s features fitted on %d folds in %.1fs", task.name, cfg.backbone,
              len(np.unique(fold_ids)), time.perf_counter() - started)
     return oof

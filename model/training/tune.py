@@ -40,6 +40,7 @@ from ..atomic import write_json, write_text
 from ..readers import locate_dataset
 from .config import RUNTIME_KEYS, TrainConfig, applicable, build_config, check_key, read_config, selected_folds
 from .options import PROJECT, add_task_flags, jobs_and_devices, overrides_from, task_of
+from .run_folder import RunFolder
 
 log = logging.getLogger("tune")
 SPACES = Path(__file__).resolve().parent / "search_spaces"
@@ -154,7 +155,7 @@ def make_objective(task, base: TrainConfig, space: dict, out: Path, worker: dict
 
 
 def best_of(run_dir: str, fold: int) -> float:
-    return json.loads((Path(run_dir) / f"fold{fold}" / "done.json").read_text())["score"]
+    return RunFolder(run_dir).fold(fold).read_done()["score"]
 
 
 def best_config(base: TrainConfig, space: dict, trial: optuna.trial.FrozenTrial, task) -> TrainConfig:
@@ -168,7 +169,7 @@ def best_config(base: TrainConfig, space: dict, trial: optuna.trial.FrozenTrial,
             values[key] = [params[name] for name in names] if spec.get("per_label") else params[key]
             continue
         if ran is None:
-            saved = Path(trial.user_attrs.get("run_dir", "")) / "config.yaml"
+            saved = RunFolder(trial.user_attrs.get("run_dir", "")).config_file
             ran = read_config(saved, task.kind) if saved.is_file() else TrainConfig()
         values[key] = getattr(ran, key)
     return dataclasses.replace(base, **values, out="", folds="all")
