@@ -1,9 +1,7 @@
-"""One training loop for every task: ``train_fold`` trains and validates one fold, resumably.
-
-Per fold, RUN_DIR/fold<k>/ holds ``last.pt`` (everything needed to resume: model, EMA, optimizer,
-scheduler, scaler, epoch, history; plain tensors and numbers, read back with ``weights_only=True``),
-``best.pt`` (the self-describing checkpoint of the selected epoch), ``oof.npy`` (its validation
-probabilities), ``history.json`` and ``done.json``. Epochs count from 1 everywhere.
+"""One training loop for every task: ``train_fold`` trains and validates one fold, resumably, in the steps
+of torchvision's reference scripts: ``FoldSetup`` (the fold's images, network, optimiser and loaders),
+``train_one_epoch``, ``evaluate`` and ``select_epoch`` (rank 0), ``save_for_resume``; its files are those of
+a fold folder (model.training.run_folder). Epochs count from 1 everywhere.
 
 The selected epoch is the last one by default. Picking the epoch that scored best on the fold's own
 validation images makes that fold's OOF score optimistic (on BUSI, 156 validation images, by up to 0.019;
@@ -12,7 +10,6 @@ anyway, with early stopping after ``patience`` epochs without a better score.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -23,7 +20,7 @@ import torch
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
 
-from ..atomic import atomic_path, write_json
+from ..atomic import atomic_path
 from ..checkpoint import save_checkpoint
 from ..device import autocast, resolve_device, resolve_precision, spare_cores
 from ..network import create_network, head_parameters, input_norm, normalisation
@@ -31,6 +28,7 @@ from . import distributed
 from .augment import DeviceLoader, fits_on_device
 from .config import TrainConfig
 from .dataset import EpochSampler, EvalDataset, ImageCache, TrainDataset, epoch_seed
+from .run_folder import FoldFolder, RunFolder, done_record
 from .seeding import seed_everything
 
 log = logging.getLogger(__name__)
@@ -105,6 +103,14 @@ def resolve_workers(workers: int, device: torch.device) -> int:
     return spare_cores(workers, device, most_on_cpu=1)
 
 
+def set_head(net, W: np.ndarray, b: np.ndarray) -> None:
+    """Set the classifier of ``net`` to the linear layer (W (heads, D), b (heads,)): the probe's head."""
+    classifier = net.get_classifier()
+    with torch.no_grad():
+        classifier.weight.copy_(torch.as_tensor(W, dtype=classifier.weight.dtype))
+        classifier.bias.copy_(torch.as_tensor(b, dtype=classifier.bias.dtype))
+
+
 class Stepper:
     """The network and everything one optimisation step touches: the step the loop runs and the
     throughput benchmark times. ``state_dict()``/``load_state_dict()`` hold what resuming needs."""
@@ -118,7 +124,6 @@ class Stepper:
         spec = task.kind.network_spec(cfg, len(task.heads))
         net = create_network(cfg.backbone, spec["outputs"], cfg.pretrained, cfg.drop_rate, spec["architecture"])
         if head is not None:
-            from .probe import set_head
             set_head(net, *head)
         self.net = net.to(device).to(memory_format=torch.channels_last)
         # The step runs the network through DDP under torchrun (gradients averaged over the processes) and
@@ -221,104 +226,154 @@ def training_batches(cfg: TrainConfig, cache: ImageCache, targets: np.ndarray, m
                       prefetch_factor=4 if workers > 0 else None, generator=torch.Generator().manual_seed(cfg.seed))
 
 
+class FoldSetup:
+    """What training one fold needs, made once before its first epoch: the fold's images, the stepper,
+    the sampler and loaders, and how the batch is shared among the processes."""
+
+    def __init__(self, task, cfg: TrainConfig, cache: ImageCache, targets: np.ndarray, masks: np.ndarray,
+                 labels: np.ndarray, fold_ids: np.ndarray, fold: int, head=None):
+        self.task, self.cfg, self.fold = task, cfg, fold
+        self.device = device = resolve_device(cfg.device)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+        train_idx, val_idx = np.flatnonzero(fold_ids != fold), np.flatnonzero(fold_ids == fold)
+        seed_everything(cfg.seed + fold)
+        self.world = world = distributed.current()
+        self.processes = processes = world.size if world else 1
+        # batch_size is per process; a tiny fold still gets one full step per epoch.
+        if len(train_idx) < processes:
+            raise ValueError(f"fold {fold}: {len(train_idx)} training images for {processes} processes; use fewer")
+        self.batch_size = batch_size = min(cfg.batch_size, len(train_idx) // processes)
+        self.steps_per_epoch = len(train_idx) // (batch_size * processes)
+        self.step = Stepper(task, cfg, targets[train_idx], masks[train_idx], cfg.epochs * self.steps_per_epoch,
+                            device, head)
+        self.sampler = EpochSampler(len(train_idx), self.steps_per_epoch * batch_size * processes, cfg.seed, fold,
+                                    task.kind.sample_weights(cfg, targets[train_idx]))
+        if world:
+            log.info("fold %d: %d processes (%s), %d images per process per step, %d globally", fold, processes,
+                     torch.distributed.get_backend(), batch_size, batch_size * processes)
+        self.loader = training_batches(cfg, cache.subset(train_idx), targets[train_idx], masks[train_idx],
+                                       distributed.ShardedSampler(self.sampler, world) if world else self.sampler,
+                                       batch_size, device)
+        self.val_loader = DataLoader(EvalDataset(cache.eval[val_idx]), batch_size=cfg.batch_size * 2)
+        self.val_labels, self.n_val = labels[val_idx], int(len(val_idx))
+
+
+def start_state(setup: FoldSetup, folder: FoldFolder) -> dict:
+    """The fold's progress: a fresh one, or the one saved in last.pt, loaded into the stepper with it.
+    Every process resumes from the same file (rank 0's)."""
+    if not folder.last.is_file():
+        return {"epoch": 0, "step": 0, "selected_score": -1.0, "selected_epoch": 0, "history": []}
+    state = read_resume_state(folder.last, setup.step, setup.device)["state"]
+    setup.step.steps = state["step"]
+    log.info("fold %d: resuming after epoch %d", setup.fold, state["epoch"])
+    return state
+
+
+def stops_early(cfg: TrainConfig, state: dict, epoch: int) -> bool:
+    """``select_epoch: best`` stops after ``patience`` epochs without a better score; rank 0's decision,
+    the only one that validates, holds for every process."""
+    stop = cfg.select_epoch == "best" and state["selected_epoch"] and epoch - state["selected_epoch"] > cfg.patience
+    return distributed.agree(bool(stop))
+
+
+def train_one_epoch(setup: FoldSetup, epoch: int) -> float:
+    """One pass over the fold's training images; the mean loss over every process's steps."""
+    cfg, step = setup.cfg, setup.step
+    # Every epoch starts from its own seed (dropout) and the sampler's (order, augmentation), so a
+    # resumed run repeats an uninterrupted one exactly.
+    seed_everything(epoch_seed(cfg.seed, setup.fold, epoch))
+    setup.sampler.set_epoch(epoch)
+    step.net.train()
+    loss_sum = torch.zeros((), device=setup.device)
+    for images, batch_targets, batch_masks in setup.loader:
+        loss_sum += step(images, batch_targets, batch_masks)
+    train_loss = distributed.mean_over_processes(loss_sum).item() / setup.steps_per_epoch
+    if not np.isfinite(train_loss):
+        raise FloatingPointError(f"fold {setup.fold}, epoch {epoch}: loss is {train_loss}; lower lr or use fp32")
+    return train_loss
+
+
+def evaluate(setup: FoldSetup, epoch: int) -> tuple[np.ndarray, float]:
+    """(validation probabilities, validation score) of the network that would be saved (the EMA, if kept)."""
+    step = setup.step
+    probs = predict_probs(step.model, step.norm, setup.val_loader, setup.device, step.precision, setup.task.kind)
+    if not np.isfinite(probs).all():
+        raise FloatingPointError(f"fold {setup.fold}, epoch {epoch}: the model diverged (non-finite validation "
+                                 "probabilities); lower lr or use --set precision=fp32")
+    return probs, validation_score(setup.task, setup.val_labels, probs)
+
+
+def select_epoch(setup: FoldSetup, state: dict, folder: FoldFolder, epoch: int, probs: np.ndarray,
+                 score: float) -> None:
+    """Keep this epoch as the fold's network (best.pt, oof.npy) when the selection rule picks it: the last
+    epoch, or with ``select_epoch: best`` a better score than the selected one's."""
+    cfg = setup.cfg
+    if cfg.select_epoch == "last" and epoch == cfg.epochs or cfg.select_epoch == "best" and score > state["selected_score"]:
+        state["selected_score"], state["selected_epoch"] = score, epoch
+        save_checkpoint(folder.best, setup.step.model, checkpoint_meta(setup.task, cfg, setup.fold, epoch, score))
+        folder.save_oof(probs)
+
+
+def save_for_resume(setup: FoldSetup, state: dict, folder: FoldFolder) -> None:
+    """last.pt: the stepper's state and the fold's progress, what ``start_state`` reads back."""
+    with atomic_path(folder.last) as tmp:
+        torch.save({**setup.step.state_dict(), "state": state}, tmp)
+
+
+def fold_record(setup: FoldSetup, state: dict) -> dict:
+    """The fold's done.json record (model.training.run_folder describes it)."""
+    log_vars = setup.step.loss_fn.state_dict().get("log_vars")
+    history = state["history"]
+    return done_record(setup.fold, state["selected_epoch"], state["selected_score"], state["epoch"], setup.n_val,
+                       setup.step.precision,
+                       float(np.mean([h["seconds"] for h in history])) if history else None,
+                       log_vars=log_vars.tolist() if log_vars is not None else None,
+                       **({"processes": setup.processes, "global_batch_size": setup.batch_size * setup.processes}
+                          if setup.world else {}))
+
+
 def train_fold(task, cfg: TrainConfig, cache: ImageCache, targets: np.ndarray, masks: np.ndarray,
                labels: np.ndarray, fold_ids: np.ndarray, fold: int, run_dir: Path, report=None, head=None) -> dict:
-    """Train fold ``fold``; resumes from last.pt, returns the fold's summary (also saved as done.json).
+    """Train fold ``fold``; resumes from last.pt, returns the fold's record (also saved as done.json).
 
     ``report(epoch, score)`` is called after every epoch (tuning uses it for pruning). ``head``: (W, b) to
     start the classifier from (the fold's linear probe), else it starts small and random.
     """
-    kind = task.kind
-    fold_dir = Path(run_dir) / f"fold{fold}"
-    if (fold_dir / "done.json").is_file():
-        done = json.loads((fold_dir / "done.json").read_text())
+    folder = RunFolder(run_dir).fold(fold)
+    done = folder.read_done()
+    if done is not None:
         log.info("fold %d: already finished (epoch %d selected, score %.4f), skipped", fold, done["selected_epoch"], done["score"])
         return done
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
-    train_idx, val_idx = np.flatnonzero(fold_ids != fold), np.flatnonzero(fold_ids == fold)
-    seed_everything(cfg.seed + fold)
-
-    world = distributed.current()
-    processes = world.size if world else 1
-    # batch_size is per process; a tiny fold still gets one full step per epoch.
-    if len(train_idx) < processes:
-        raise ValueError(f"fold {fold}: {len(train_idx)} training images for {processes} processes; use fewer")
-    batch_size = min(cfg.batch_size, len(train_idx) // processes)
-    steps_per_epoch = len(train_idx) // (batch_size * processes)
-    step = Stepper(task, cfg, targets[train_idx], masks[train_idx], cfg.epochs * steps_per_epoch, device, head)
-    sampler = EpochSampler(len(train_idx), steps_per_epoch * batch_size * processes, cfg.seed, fold,
-                           kind.sample_weights(cfg, targets[train_idx]))
-    if world:
-        log.info("fold %d: %d processes (%s), %d images per process per step, %d globally", fold, processes,
-                 torch.distributed.get_backend(), batch_size, batch_size * processes)
-    loader = training_batches(cfg, cache.subset(train_idx), targets[train_idx], masks[train_idx],
-                              distributed.ShardedSampler(sampler, world) if world else sampler, batch_size, device)
-    val_loader = DataLoader(EvalDataset(cache.eval[val_idx]), batch_size=cfg.batch_size * 2)
-    val_labels = labels[val_idx]
-
-    state = {"epoch": 0, "step": 0, "selected_score": -1.0, "selected_epoch": 0, "history": []}
-    if (fold_dir / "last.pt").is_file():
-        saved = read_resume_state(fold_dir / "last.pt", step, device)
-        state = saved["state"]
-        step.steps = state["step"]
-        log.info("fold %d: resuming after epoch %d", fold, state["epoch"])
-
+    folder.path.mkdir(parents=True, exist_ok=True)
+    setup = FoldSetup(task, cfg, cache, targets, masks, labels, fold_ids, fold, head)
+    state = start_state(setup, folder)
     saved_at = time.monotonic()
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
-        stop = cfg.select_epoch == "best" and state["selected_epoch"] and epoch - state["selected_epoch"] > cfg.patience
-        if distributed.agree(bool(stop)):   # rank 0 validates: its decision holds for every process
+        if stops_early(cfg, state, epoch):
             log.info("fold %d: no better score for %d epochs, stopping", fold, cfg.patience)
             break
         started = time.perf_counter()
-        # Every epoch starts from its own seed (dropout) and the sampler's (order, augmentation), so a
-        # resumed run repeats an uninterrupted one exactly.
-        seed_everything(epoch_seed(cfg.seed, fold, epoch))
-        sampler.set_epoch(epoch)
-        step.net.train()
-        loss_sum = torch.zeros((), device=device)
-        for images, batch_targets, batch_masks in loader:
-            loss_sum += step(images, batch_targets, batch_masks)
-        state["step"] = step.steps
-        train_loss = distributed.mean_over_processes(loss_sum).item() / steps_per_epoch
-        if not np.isfinite(train_loss):
-            raise FloatingPointError(f"fold {fold}, epoch {epoch}: loss is {train_loss}; lower lr or use fp32")
-        state["epoch"] = epoch
+        train_loss = train_one_epoch(setup, epoch)
+        state["step"], state["epoch"] = setup.step.steps, epoch
         if not distributed.is_main():
             continue   # rank 0 validates, selects and saves
-        model = step.model
-        probs = predict_probs(model, step.norm, val_loader, device, step.precision, kind)
-        if not np.isfinite(probs).all():
-            raise FloatingPointError(f"fold {fold}, epoch {epoch}: the model diverged (non-finite validation "
-                                     "probabilities); lower lr or use --set precision=fp32")
-        score = validation_score(task, val_labels, probs)
+        probs, score = evaluate(setup, epoch)
         seconds = time.perf_counter() - started
         state["history"].append({"epoch": epoch, "train_loss": train_loss, "val_score": score,
-                                 "lr": max(g["lr"] for g in step.optimizer.param_groups), "seconds": seconds})
+                                 "lr": max(g["lr"] for g in setup.step.optimizer.param_groups), "seconds": seconds})
         log.info("fold %d epoch %d/%d: loss %.4f, val score %.4f (%.1fs)", fold, epoch, cfg.epochs,
                  train_loss, score, seconds)
-        if cfg.select_epoch == "last" and epoch == cfg.epochs or cfg.select_epoch == "best" and score > state["selected_score"]:
-            state["selected_score"], state["selected_epoch"] = score, epoch
-            save_checkpoint(fold_dir / "best.pt", model, checkpoint_meta(task, cfg, fold, epoch, score))
-            with atomic_path(fold_dir / "oof.npy") as tmp, open(tmp, "wb") as f:
-                np.save(f, probs)
+        select_epoch(setup, state, folder, epoch, probs, score)
         if epoch < cfg.epochs and time.monotonic() - saved_at >= cfg.checkpoint_every:
-            with atomic_path(fold_dir / "last.pt") as tmp:
-                torch.save({**step.state_dict(), "state": state}, tmp)
+            save_for_resume(setup, state, folder)
             saved_at = time.monotonic()
-        write_json(fold_dir / "history.json", state["history"])
+        folder.write_history(state["history"])
         if report is not None:
             report(epoch, score)
 
-    learned = {k: v.tolist() for k, v in step.loss_fn.state_dict().items() if k == "log_vars"}
-    summary = {"fold": fold, "selected_epoch": state["selected_epoch"], "score": state["selected_score"], **learned,
-               "epochs_run": state["epoch"], "n_val": int(len(val_idx)), "precision": step.precision,
-               "seconds_per_epoch": float(np.mean([h["seconds"] for h in state["history"]])) if state["history"] else None,
-               **({"processes": processes, "global_batch_size": batch_size * processes} if world else {})}
+    record = fold_record(setup, state)
     if distributed.is_main():
-        write_json(fold_dir / "done.json", summary)
-        (fold_dir / "last.pt").unlink(missing_ok=True)
+        folder.finish(record)
     distributed.barrier()   # the next fold, or the summary, finds this one's files
-    return summary
+    return record

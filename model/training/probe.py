@@ -26,6 +26,7 @@ import torch
 from ..atomic import atomic_path
 from ..network import create_network, input_norm
 from .config import TrainConfig
+from .engine import set_head
 
 log = logging.getLogger("train")
 C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
@@ -176,10 +177,3 @@ def probe_network(cfg: TrainConfig, n_heads: int, W: np.ndarray, b: np.ndarray):
     net = frozen_backbone(cfg, n_heads)
     set_head(net, W, b)
     return net
-
-
-def set_head(net, W: np.ndarray, b: np.ndarray) -> None:
-    classifier = net.get_classifier()
-    with torch.no_grad():
-        classifier.weight.copy_(torch.as_tensor(W, dtype=classifier.weight.dtype))
-        classifier.bias.copy_(torch.as_tensor(b, dtype=classifier.bias.dtype))
