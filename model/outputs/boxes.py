@@ -195,10 +195,6 @@ def _rows(lines: _Lines, names: list[str]):
             lines.add(line, f"no {names[0]}")
 
 
-def _unknown_class(name: str, classes) -> str:
-    return f"unknown class {name!r}; the classes are {', '.join(map(str, classes))}"
-
-
 def read_boxes_csv(path, id_header: str, classes) -> dict[str, Detections]:
     """A ``boxes`` CSV's boxes by id; an id listed only with empty box cells has none. Rows of one id need
     not be together, and an empty row beside an id's boxes adds nothing."""
@@ -214,7 +210,7 @@ def read_boxes_csv(path, id_header: str, classes) -> dict[str, Detections]:
             continue
         box = _box(lines, line, cells)
         if name not in index:
-            lines.add(line, _unknown_class(name, classes))
+            lines.add(line, f"unknown class {name!r}; the classes are {', '.join(map(str, classes))}")
         elif box is not None:
             items.append((box[1], box[0], index[name]))
     lines.check()
