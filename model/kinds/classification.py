@@ -67,8 +67,8 @@ class Classification(Kind):
                 f"--set recipe=probe --out {cfg.out}-probe), then export that run folder")
 
     def run_baseline(self, task, cfg, cache, hashes, labels, targets, masks, fold_ids, run_dir: Path, device) -> dict:
-        """The linear probe on the run's folds (model.training.experiment.run_probe); its heads per fold."""
-        from ..training.experiment import run_probe
+        """The linear probe on the run's folds (model.training.probe.run_probe); its heads per fold."""
+        from ..training.probe import run_probe
         return run_probe(task, cfg, cache, hashes, labels, targets, masks, fold_ids, run_dir, device)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import yaml
 
 from ..atomic import atomic_path, write_json, write_text
 from ..bundle import WEIGHTS_DIR
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint
 from ..decision import tune_rule
 from ..device import resolve_device
 from ..errors import BundleError
@@ -34,7 +33,7 @@ from ..task import task_from_dict
 from . import distributed
 from .config import TrainConfig, differing_keys, portable, read_config, save_config, selected_folds
 from .dataset import build_cache
-from .engine import checkpoint_meta, resolve_workers, train_fold, validation_score
+from .engine import resolve_workers, train_fold
 from .folds import FOLDS_DIR, content_hash, duplicate_sets, load_or_make_folds
 
 log = logging.getLogger("train")
@@ -166,36 +165,6 @@ def assign_folds(task, cfg: TrainConfig, samples, hashes, run_dir: Path) -> np.n
     with atomic_path(run_dir / "samples.csv") as tmp:
         frame.to_csv(tmp, index=False)
     return fold_ids
-
-
-def run_probe(task, cfg: TrainConfig, cache, hashes, labels, targets, masks, fold_ids, run_dir: Path, device) -> dict:
-    """The linear probe on the run's folds: its heads per fold, and its OOF probabilities saved in
-    RUN_DIR/probe/ for the run's report. With ``recipe: probe`` the probe networks are the run's folds."""
-    from .probe import features_for, head_probs, probe_folds, probe_network
-    started = time.perf_counter()
-    features = features_for(cfg, len(task.heads), cache.eval, hashes, device)
-    heads = probe_folds(task, cfg, features, targets, masks, fold_ids, run_dir / "probe" / "heads.npz")
-    oof = np.zeros((len(cache), len(task.heads)))
-    for fold, (W, b) in heads.items():
-        oof[fold_ids == fold] = head_probs(task.kind, W, b, features[fold_ids == fold])
-    with atomic_path(run_dir / "probe" / "oof.npy") as tmp, open(tmp, "wb") as f:
-        np.save(f, oof)
-    log.info("%s: linear probe on %s features fitted on %d folds in %.1fs", task.name, cfg.backbone, len(heads),
-             time.perf_counter() - started)
-    if cfg.recipe == "probe":
-        for fold in selected_folds(cfg):
-            fold_dir, val = run_dir / f"fold{fold}", fold_ids == fold
-            if (fold_dir / "done.json").is_file():
-                continue
-            score = validation_score(task, labels[val], oof[val])
-            save_checkpoint(fold_dir / "best.pt", probe_network(cfg, len(task.heads), *heads[fold]),
-                            checkpoint_meta(task, cfg, fold, 0, score))
-            with atomic_path(fold_dir / "oof.npy") as tmp, open(tmp, "wb") as f:
-                np.save(f, oof[val])
-            write_json(fold_dir / "history.json", [])
-            write_json(fold_dir / "done.json", {"fold": fold, "selected_epoch": 0, "score": score, "epochs_run": 0,
-                                                "n_val": int(val.sum()), "precision": "fp32", "seconds_per_epoch": None})
-    return heads
 
 
 def train(task, cfg: TrainConfig, report=None) -> dict | None:

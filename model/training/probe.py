@@ -10,13 +10,14 @@ predictions average the two views' probabilities, as run.py's hflip TTA does. Th
 folded into the linear layer, so a probe is an ordinary network: backbone plus a classifier whose weights
 are the regression's, saved as a normal checkpoint and exported as a normal bundle.
 
-Every training run computes the probe on the same folds and reports its OOF score beside its own; with
-``head_init: probe`` the fine-tuned networks start from it (LP-FT, Kumar et al. 2022).
+Every training run computes the probe on the same folds (``run_probe``) and reports its OOF score beside
+its own; with ``head_init: probe`` the fine-tuned networks start from it (LP-FT, Kumar et al. 2022).
 """
 from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import warnings
 from pathlib import Path
 
@@ -24,9 +25,11 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_path
+from ..checkpoint import save_checkpoint
 from ..network import create_network, input_norm
-from .config import TrainConfig
-from .engine import set_head
+from .config import TrainConfig, selected_folds
+from .engine import checkpoint_meta, set_head, validation_score
+from .run_folder import RunFolder, done_record, save_array
 
 log = logging.getLogger("train")
 C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
@@ -177,3 +180,31 @@ def probe_network(cfg: TrainConfig, n_heads: int, W: np.ndarray, b: np.ndarray):
     net = frozen_backbone(cfg, n_heads)
     set_head(net, W, b)
     return net
+
+
+def run_probe(task, cfg: TrainConfig, cache, hashes, labels, targets, masks, fold_ids, run_dir: Path, device) -> dict:
+    """The linear probe on the run's folds: its heads per fold, and its OOF probabilities saved in
+    RUN_DIR/probe/ for the run's report. With ``recipe: probe`` the probe networks are the run's folds."""
+    run = RunFolder(run_dir)
+    started = time.perf_counter()
+    features = features_for(cfg, len(task.heads), cache.eval, hashes, device)
+    heads = probe_folds(task, cfg, features, targets, masks, fold_ids, run.probe_heads)
+    oof = np.zeros((len(cache), len(task.heads)))
+    for fold, (W, b) in heads.items():
+        oof[fold_ids == fold] = head_probs(task.kind, W, b, features[fold_ids == fold])
+    save_array(run.probe_oof, oof)
+    log.info("%s: linear probe on %s features fitted on %d folds in %.1fs", task.name, cfg.backbone, len(heads),
+             time.perf_counter() - started)
+    if cfg.recipe == "probe":
+        for fold in selected_folds(cfg):
+            folder, val = run.fold(fold), fold_ids == fold
+            if folder.is_done():
+                continue
+            score = validation_score(task, labels[val], oof[val])
+            save_checkpoint(folder.best, probe_network(cfg, len(task.heads), *heads[fold]),
+                            checkpoint_meta(task, cfg, fold, 0, score))
+            folder.save_oof(oof[val])
+            folder.write_history([])
+            folder.finish(done_record(fold, selected_epoch=0, score=score, epochs_run=0, n_val=int(val.sum()),
+                                      precision="fp32", seconds_per_epoch=None))
+    return heads
