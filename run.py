@@ -123,8 +123,8 @@ def main(argv=None) -> int:
         parser.error(f"--weights {args.weights}: not found; pass a bundle folder or a folder of bundles")
     report = run(options)
     for result in report.results:
-        if result.csv:
-            print(f"{result.name}: {result.images} images -> {result.csv} ({result.engine}, {result.seconds:.1f}s)")
+        if result.output:
+            print(f"{result.name}: {result.images} images -> {result.output} ({result.engine}, {result.seconds:.1f}s)")
     total = sum(r.images for r in report.written)
     per_image = f", {1000 * report.seconds / total:.1f} ms per image" if total else ""
     print(f"done in {report.seconds:.1f}s on {report.device} (tta={args.tta}): {total} images{per_image}")

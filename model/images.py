@@ -160,9 +160,10 @@ def border_box(img: np.ndarray) -> tuple[int, int, int, int]:
     return x0, y0, x1, y1
 
 
-def crop_black_border(img: np.ndarray) -> np.ndarray:
-    x0, y0, x1, y1 = border_box(img)
-    return img[y0:y1, x0:x1]
+def input_box(img: np.ndarray, crop_border: bool = True) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of what the network sees of an image: the content inside the dark frame when the
+    task's kind crops it (``crop_border``), else the whole image. Training and prediction both ask here."""
+    return border_box(img) if crop_border else (0, 0, img.shape[1], img.shape[0])
 
 
 def resize_square(img: np.ndarray, size: int) -> np.ndarray:
@@ -170,9 +171,10 @@ def resize_square(img: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(img, (size, size), interpolation=interpolation)
 
 
-def prepare(img: np.ndarray, size: int) -> np.ndarray:
-    """The model's view of an image: frame cropped, resized to size x size, uint8 RGB."""
-    return resize_square(crop_black_border(img), size)
+def prepare(img: np.ndarray, size: int, crop_border: bool = True) -> np.ndarray:
+    """The model's view of an image: its ``input_box``, resized to size x size, uint8 RGB."""
+    x0, y0, x1, y1 = input_box(img, crop_border)
+    return resize_square(img[y0:y1, x0:x1], size)
 
 
 def boxes_after_crop(boxes, crop: tuple[int, int, int, int], shape: tuple[int, int]) -> np.ndarray:

@@ -22,6 +22,14 @@ import numpy as np
 ACC_WEIGHT, F1_WEIGHT = 0.6, 0.4
 METRICS = ("competition", "accuracy", "macro_f1", "balanced_accuracy", "auc")
 UNKNOWN = -1  # a multi-label training or ground-truth label that is not known
+BINARY_VALUES = {"0": 0, "1": 1, "0.0": 0, "1.0": 1}
+
+
+def binary_label(text: str) -> int | None:
+    """A yes/no label as label files and CSVs write it: 0 or 1, UNKNOWN when empty, None when it is neither
+    (the caller reports it)."""
+    text = text.strip()
+    return UNKNOWN if text == "" else BINARY_VALUES.get(text)
 
 
 def binary_f1(true_pos: np.ndarray, pred_pos: np.ndarray) -> float:

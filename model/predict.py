@@ -23,8 +23,9 @@ from tqdm import tqdm
 
 from .bundle import Bundle
 from .device import autocast
-from .images import ImageReadError, is_image_file, is_regular_file, load_rgb, prepare, resize_square
+from .images import ImageReadError, is_image_file, is_regular_file, load_rgb, prepare
 from .onnx_backend import select_engine
+from .task import ID_MODES
 
 log = logging.getLogger(__name__)
 IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
@@ -41,6 +42,12 @@ class TestImage:
     def name(self) -> str:
         """The file name as text; bytes that are not UTF-8 are written as \\xNN escapes."""
         return os.fsencode(self.path.name).decode("utf-8", "backslashreplace")
+
+    def written_id(self, id_mode: str) -> str:
+        """What an output's id column holds for this image: its number or its file name (model.task.ID_MODES)."""
+        if id_mode not in ID_MODES:
+            raise ValueError(f"id_mode {id_mode!r}: one of {', '.join(ID_MODES)}")
+        return str(self.id) if id_mode == "number" else self.name
 
 
 @dataclass
@@ -102,7 +109,7 @@ def _decode(path: Path, size: int, crop_border: bool = True) -> tuple[np.ndarray
     the file could not be read, and (size, size)."""
     try:
         image = load_rgb(path, READ_TIMEOUT)
-        return (prepare(image, size) if crop_border else resize_square(image, size)), "", image.shape[:2]
+        return prepare(image, size, crop_border), "", image.shape[:2]
     except ImageReadError as e:
         return np.zeros((size, size, 3), np.uint8), str(e), (size, size)
     except Exception as e:  # anything else about one file must not stop the run either

@@ -21,6 +21,7 @@ from .device import decode_threads, resolve_device, resolve_precision
 from .manifest import read_manifest
 from .onnx_backend import select_engine
 from .predict import auto_batch_size, list_test_images, predict_paths
+from .task import default_csv_name
 
 
 @dataclass
@@ -41,9 +42,12 @@ class RunOptions:
 
 
 @dataclass
-class TaskResult:
+class BundleRun:
+    """What run.py did with one bundle: the output it wrote (a CSV or a folder of masks, as its kind writes)
+    and what went wrong."""
+
     name: str
-    csv: Path | None = None
+    output: Path | None = None
     images: int = 0
     engine: str = ""
     seconds: float = 0.0
@@ -78,11 +82,11 @@ def predict_folder(prepared: Prepared, paths: list[Path], options: RunOptions, d
 
 def _output_name(folder: Path) -> str:
     """The output (a CSV, or a folder of masks) a bundle writes, from its manifest when that can be read,
-    else <folder>_pre.csv."""
+    else the default CSV name of a task named as its folder."""
     try:
         return read_manifest(folder)["task"]["output"]["file"]
     except Exception:  # noqa: BLE001  (whatever the folder holds: the caller reports the bundle itself)
-        return f"{folder.name}_pre.csv"
+        return default_csv_name(folder.name)
 
 
 @dataclass
@@ -93,10 +97,10 @@ class Loaded:
     test_folder: Path
 
 
-def load_task(folder: Path, options: RunOptions, device: torch.device) -> tuple[TaskResult, Loaded | None]:
+def open_bundle(folder: Path, options: RunOptions, device: torch.device) -> tuple[BundleRun, Loaded | None]:
     """Read, verify and prepare one bundle. Never raises: a failure is in the result (and the Loaded is None,
     as it is when the task's test folder is absent)."""
-    result = TaskResult(folder.name)
+    result = BundleRun(folder.name)
     started = time.perf_counter()
     try:
         prepared = prepare(folder, options, device)
@@ -117,7 +121,7 @@ def load_task(folder: Path, options: RunOptions, device: torch.device) -> tuple[
         result.seconds = time.perf_counter() - started
 
 
-def predict_task(loaded: Loaded, result: TaskResult, options: RunOptions, device: torch.device) -> TaskResult:
+def predict_task(loaded: Loaded, result: BundleRun, options: RunOptions, device: torch.device) -> BundleRun:
     """Predict a loaded bundle's test folder and write its outputs. Never raises."""
     started = time.perf_counter() - result.seconds
     task = loaded.prepared.bundle.task
@@ -130,7 +134,7 @@ def predict_task(loaded: Loaded, result: TaskResult, options: RunOptions, device
         prediction = predict_folder(loaded.prepared, [image.path for image in listing.images], options, device)
         for _, reason in sorted(prediction.failed.items()):
             result.problems.append(f"{reason} -> {task.kind.failed_note}")
-        result.csv = task.kind.write_outputs(task, options.out_dir, listing.images, prediction,
+        result.output = task.kind.write_outputs(task, options.out_dir, listing.images, prediction,
                                              loaded.prepared.bundle.rule, options.id_mode)
         result.images, result.engine = len(listing.images), loaded.prepared.engine.name
     except Exception as e:  # noqa: BLE001
@@ -140,14 +144,14 @@ def predict_task(loaded: Loaded, result: TaskResult, options: RunOptions, device
     return result
 
 
-def _fail(result: TaskResult, error: Exception, out_dir: Path, output: str) -> None:
-    result.failed, result.csv = True, None
+def _fail(result: BundleRun, error: Exception, out_dir: Path, output: str) -> None:
+    result.failed, result.output = True, None
     reason = str(error) if isinstance(error, (ValueError, OSError)) else f"unexpected {type(error).__name__}: {error}"
     result.problems.append(f"{result.name}: {reason}")
     _move_stale(out_dir / output, result)
 
 
-def _move_stale(output: Path, result: TaskResult) -> None:
+def _move_stale(output: Path, result: BundleRun) -> None:
     """Move an output an earlier run left (a CSV, or a folder of masks) aside as ``<name>.stale``; never
     raises (an output that cannot be moved is reported, and costs no other task its output)."""
     if not (output.is_file() or output.is_dir()):
@@ -170,14 +174,14 @@ def _move_stale(output: Path, result: TaskResult) -> None:
 
 @dataclass
 class RunReport:
-    results: list[TaskResult]
+    results: list[BundleRun]
     problems: list[str]          # about the weights folder itself (a bundle folder without a manifest, ...)
     device: torch.device
     seconds: float
 
     @property
-    def written(self) -> list[TaskResult]:
-        return [r for r in self.results if r.csv is not None]
+    def written(self) -> list[BundleRun]:
+        return [r for r in self.results if r.output is not None]
 
     @property
     def exit_code(self) -> int:
@@ -201,7 +205,7 @@ def run(options: RunOptions) -> RunReport:
                              f"(there: {', '.join(sorted(names.values())) or 'none'})")
         folders = [f for f in folders if names[f] in options.tasks]
         problems = []
-    loaded = [load_task(folder, options, device) for folder in folders]
+    loaded = [open_bundle(folder, options, device) for folder in folders]
     results, outputs = [], {}
     for result, ready in loaded:
         if ready is None:

@@ -33,6 +33,12 @@ TASK_KEYS = ("name", "title", "kind", "classes", "labels", "positive", "data", "
 OUTPUT_KEYS = ("file", "id", "id_header", "columns", "values", "rle_order")
 RLE_ORDERS = ("column", "row")
 ID_MODES = {"number": "id", "filename": "img_name"}  # how the id column is filled -> its default header
+
+
+def default_csv_name(name: str) -> str:
+    """The CSV a task writes when its output names no file, and the name a broken bundle's stale output
+    is looked for under."""
+    return f"{name}_pre.csv"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
 

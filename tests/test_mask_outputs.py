@@ -1,7 +1,6 @@
 """Segmentation outputs: RLE both ways, the mask folder, the RLE and summary CSVs."""
 import csv
 import io
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,16 +9,11 @@ from PIL import Image
 
 from model.outputs.masks import (FORMATS, MaskOutputError, mask_file_names, read_mask_folder, read_rle_csv,
                                 rle_csv, rle_decode, rle_encode, summary_csv, write_mask_folder)
+from model.predict import TestImage
 
 
-@dataclass
-class Img:
-    id: int
-    name: str
-
-    @property
-    def path(self) -> Path:
-        return Path("/test") / self.name
+def Img(number: int, name: str) -> TestImage:  # noqa: N802  (reads as the test image it makes)
+    return TestImage(number, Path("/test") / name)
 
 
 def rows(text: str) -> list[list[str]]:

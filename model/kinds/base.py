@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TaskFileError
+from ..manifest import numbers
+from ..task import default_csv_name
 
 CHECK_SPLITS = 5
 
@@ -63,7 +65,7 @@ class TaskFileKind(ABC):
         return list(task.heads)
 
     def default_output_file(self, name: str, values: str) -> str:
-        return f"{name}_pre.csv"
+        return default_csv_name(name)
 
     def output_is_folder(self, values: str) -> bool:
         return False
@@ -101,7 +103,7 @@ class InferenceKind(ABC):
         """Whether a manifest's ``decision`` has this kind's keys, each with the right number of numbers."""
         neutral = self.neutral_rule(n_heads)
         return (isinstance(rule, dict) and set(rule) == set(neutral)
-                and all(_numbers(rule[k], len(v)) for k, v in neutral.items()))
+                and all(numbers(rule[k], len(v)) for k, v in neutral.items()))
 
     @abstractmethod
     def decide(self, probs: np.ndarray, rule: dict | None = None) -> np.ndarray:
@@ -232,6 +234,10 @@ class Kind(TaskFileKind, InferenceKind, TrainingKind):
     """A task kind: all three parts."""
 
 
-def _numbers(values, n: int) -> bool:
-    return (isinstance(values, list) and len(values) == n
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values))
+def fold_ids(splits, n: int) -> np.ndarray:
+    """A fold id per image from a scikit-learn splitter's (train, validation) index pairs: each image's fold
+    is the one that validates it."""
+    fold = np.full(n, -1)
+    for k, (_, val) in enumerate(splits):
+        fold[val] = k
+    return fold

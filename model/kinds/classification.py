@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..metric import METRICS, UNKNOWN, binary_auc, binary_rates, multi_label_scores, single_label_scores
+from ..metric import METRICS, UNKNOWN, binary_auc, binary_label, binary_rates, multi_label_scores, single_label_scores
 from ..registry import register
-from .base import Kind
+from .base import Kind, fold_ids
 
 
 class Classification(Kind):
@@ -147,10 +147,7 @@ class SingleLabel(Classification):
         else:
             splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(
                 classes, classes, groups)
-        fold = np.full(len(classes), -1)
-        for k, (_, val) in enumerate(splitter):
-            fold[val] = k
-        return fold
+        return fold_ids(splitter, len(classes))
 
     def format_values(self, task, labels: np.ndarray, probs: np.ndarray) -> list[list]:
         if task.output.values == "probabilities":
@@ -271,11 +268,8 @@ class MultiLabel(Classification):
         from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
         if len(targets) < n_folds:
             raise ValueError(f"{len(targets)} images cannot make {n_folds} folds; lower n_folds")
-        fold = np.full(len(targets), -1)
         splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-        for k, (_, val) in enumerate(splitter.split(np.zeros(len(targets)), targets)):
-            fold[val] = k
-        return fold
+        return fold_ids(splitter.split(np.zeros(len(targets)), targets), len(targets))
 
     def format_values(self, task, labels: np.ndarray, probs: np.ndarray) -> list[list]:
         if task.output.values == "probabilities":
@@ -293,14 +287,11 @@ class MultiLabel(Classification):
         for column in task.output.columns:
             values = []
             for row, value in enumerate(column_values[column]):
-                value = value.strip()
-                if value == "":
-                    values.append(UNKNOWN)
-                elif value in ("0", "1", "0.0", "1.0"):
-                    values.append(int(float(value)))
-                else:
-                    problems.append(f"row {row + 2}: {column}={value!r} is not 0 or 1")
-                    values.append(-2)  # wrong whatever the truth; -1 would read as unknown
+                label = binary_label(value)
+                if label is None:
+                    problems.append(f"row {row + 2}: {column}={value.strip()!r} is not 0 or 1")
+                    label = -2  # wrong whatever the truth; -1 would read as unknown
+                values.append(label)
             columns.append(values)
         return np.array(columns, dtype=np.int64).T.reshape(-1, len(task.output.columns)), None, problems
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import masks as M
 from ..registry import register
-from .base import CHECK_SPLITS, Kind
+from .base import CHECK_SPLITS, Kind, fold_ids
 
 
 class MaskSet:
@@ -79,7 +79,7 @@ class Segmentation(Kind):
         return dict(zip(task.heads, task.mask_values))
 
     def default_output_file(self, name: str, values: str) -> str:
-        return f"{name}_masks" if values == "masks" else f"{name}_pre.csv"
+        return f"{name}_masks" if values == "masks" else super().default_output_file(name, values)
 
     def output_is_folder(self, values: str) -> bool:
         return values == "masks"
@@ -158,10 +158,7 @@ class Segmentation(Kind):
             splitter = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed).split(has, has, groups)
         else:
             splitter = GroupKFold(n_folds).split(has, has, groups)
-        fold = np.full(len(has), -1)
-        for k, (_, val) in enumerate(splitter):
-            fold[val] = k
-        return fold
+        return fold_ids(splitter, len(has))
 
     def make_loss(self, cfg, targets, masks):
         from ..training.losses import SegmentationLoss
@@ -273,8 +270,7 @@ class Segmentation(Kind):
         shapes = {}
         for image, name in zip(images, O.mask_file_names(images)):
             with Image.open(image.path) as im:
-                key = Path(name).stem if task.output.values == "masks" else \
-                    str(image.id if task.output.id == "number" else image.name)
+                key = Path(name).stem if task.output.values == "masks" else image.written_id(task.output.id)
                 width, height = upright_size(im)      # as run.py decoded it (EXIF orientation applied)
                 shapes[key] = (height, width)
         try:

@@ -37,7 +37,6 @@ from . import ScoreError, TaskScore, missing_output, read_csv
 
 FORMATS = ("masks", "rle", "summary")
 ORDERS = {"column": "F", "row": "C"}
-ID_MODES = ("number", "filename")
 SHOWN = 20  # at most this many ids or lines in one problem report
 
 
@@ -157,12 +156,6 @@ def write_mask_folder(folder: Path, images, masks, values) -> list[Path]:
     return paths
 
 
-def _image_key(image, id_mode: str) -> str:
-    if id_mode not in ID_MODES:
-        raise ValueError(f"id_mode {id_mode!r}: number (image.id) or filename (image.name)")
-    return str(image.id) if id_mode == "number" else str(image.name)
-
-
 def _csv_text(rows) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(rows)
@@ -178,7 +171,7 @@ def rle_csv(images, masks, heads, order: str = "column", id_header: str = "id", 
     _check_masks(images, masks, len(heads))
     rows = [[id_header, *columns]]
     for image, mask in zip(images, masks):
-        key, mask = _image_key(image, id_mode), np.asarray(mask)
+        key, mask = image.written_id(id_mode), np.asarray(mask)
         rows += [[key, head, rle_encode(mask == c, order)] for c, head in enumerate(heads, 1)]
     return _csv_text(rows)
 
@@ -198,7 +191,7 @@ def summary_csv(images, masks, probs_lesion, heads, id_header: str = "id", id_mo
     for image, mask, p in zip(images, masks, probs):
         mask = np.asarray(mask)
         areas = [int(np.count_nonzero(mask == c)) for c in range(1, len(heads) + 1)]
-        rows.append([_image_key(image, id_mode), *(f"{v:.6f}" for v in p), *areas])
+        rows.append([image.written_id(id_mode), *(f"{v:.6f}" for v in p), *areas])
     return _csv_text(rows)
 
 

@@ -24,7 +24,7 @@ def format_csv(task, images: list, labels: np.ndarray, probs: np.ndarray, id_mod
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow([header, *out.columns])
     for image, values in zip(images, task.kind.format_values(task, labels, probs)):
-        writer.writerow([image.id if id_mode == "number" else image.name, *values])
+        writer.writerow([image.written_id(id_mode), *values])
     return buffer.getvalue()
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..images import is_image_file, is_regular_file
-from ..metric import UNKNOWN
+from ..metric import UNKNOWN, binary_label
 from .base import ReadResult, Reader, Sample, segmentation_sample
 
 
@@ -163,14 +163,10 @@ class CsvTable(Reader):
             return (values.index(value),)
         labels = []
         for column in self.label_columns:
-            value = (row[column] or "").strip()
-            if value == "":
-                labels.append(UNKNOWN)
-            elif value in ("0", "1", "0.0", "1.0"):
-                labels.append(int(float(value)))
-            else:
-                problems.append(f"{where}: {column}={value!r} is not 0, 1 or empty (unknown)")
-                labels.append(UNKNOWN)
+            label = binary_label(row[column] or "")
+            if label is None:
+                problems.append(f"{where}: {column}={row[column].strip()!r} is not 0, 1 or empty (unknown)")
+            labels.append(UNKNOWN if label is None else label)
         return tuple(labels)
 
     def _group(self, row, where: str, problems: list[str]) -> str | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..metric import UNKNOWN
+from ..metric import UNKNOWN, binary_label
 from .base import ReadResult, Reader, Sample, list_images, log, parse_box, relative_key, unexpected_folders
 
 
@@ -72,7 +72,8 @@ def _read_label(path: Path | None, problems: list[str]):
     tokens = path.read_text(encoding="utf-8", errors="replace").split()
     if not tokens:
         return UNKNOWN, None
-    if tokens[0] not in ("0", "1", "0.0", "1.0"):
+    label = binary_label(tokens[0])
+    if label is None:
         problems.append(f"{path}: first token {tokens[0]!r} is not 0 or 1")
         return UNKNOWN, None
-    return int(float(tokens[0])), parse_box(tokens[1:5])
+    return label, parse_box(tokens[1:5])

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..images import ImageReadError, border_box, boxes_after_crop, load_rgb, resize_square
+from ..images import ImageReadError, boxes_after_crop, input_box, load_rgb, resize_square
 from ..masks import MaskError, load_mask, resize_mask
 from ..readers import Sample
 
@@ -69,7 +69,7 @@ def _decode(job):
         mask = load_mask(sample.mask, mask_values) if sample.mask is not None else None
     except (ImageReadError, MaskError) as e:
         return str(e)
-    x0, y0, x1, y1 = box = border_box(img) if crop_border else (0, 0, img.shape[1], img.shape[0])
+    x0, y0, x1, y1 = box = input_box(img, crop_border)
     crop = img[y0:y1, x0:x1]
     masks = () if mask is None else (resize_mask(mask[y0:y1, x0:x1], (cache_size, cache_size)),
                                      resize_mask(mask[y0:y1, x0:x1], (img_size, img_size)))
