@@ -7,26 +7,30 @@
 ``csv``                 one row per image: path, label(s) or a segmentation mask, optional group
                         (patient) and box columns
 ``mask-pairs``          segmentation: ``<stem>.tif`` beside its ``<stem>_mask.tif``, in any folders
-                        below (the LGG MRI layout); the group from the path by ``group_pattern``
+                        below (the LGG MRI layout); the group from the path by ``group_pattern``;
+                        detection: one box per connected component of each class
 ``image-mask-folders``  segmentation: images/ and masks/ with the same file stems (nnU-Net 2D,
-                        BUS-BRA); the group from the file name by ``group_pattern``
+                        BUS-BRA); the group from the file name by ``group_pattern``; detection as above
 ======================  ==========================================================================
 
 The training code never knows which reader fed it: each returns Samples (path, key, labels, boxes,
-group, mask) and lists every problem it finds instead of stopping at the first. A segmentation sample's
-labels say which classes its mask holds (one 0/1 per class); ``base.segmentation_sample`` checks the
-image and mask and makes it, for every reader.
+group, mask, objects; ``records``) and lists every problem it finds instead of stopping at the first. A
+segmentation sample's labels say which classes its mask holds (one 0/1 per class);
+``base.segmentation_sample`` checks the image and mask and makes it, for every reader. A detection
+sample's ``objects`` are its boxes, checked by ``model.boxes.check_boxes`` (``box_sample``), and
+``ReadResult.dropped`` / ``clipped`` count what was done to bad ones.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from .base import DatasetError, ReadResult, Reader, Sample
+from .base import Reader
 from .class_folders import ClassFolders
 from .csv_table import CsvTable
 from .image_mask_folders import ImageMaskFolders
 from .label_folders import LabelFolders
 from .mask_pairs import MaskPairs
+from .records import DatasetError, ReadResult, Sample
 from .yolo_folders import YoloFolders
 
 READERS: dict[str, type[Reader]] = {r.name: r for r in (YoloFolders, LabelFolders, ClassFolders, CsvTable, MaskPairs,

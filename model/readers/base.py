@@ -1,68 +1,30 @@
-"""What every reader shares: the Sample it yields, the one error that lists every bad file, option
-checking, and finding where the layout starts below the folder given as ``--data``."""
+"""What every reader shares: option checking, finding where the layout starts below the folder given as
+``--data``, listing files, the group (patient) a pattern finds in a name, and the check of an image and
+its mask. The records a reader returns (Sample, ReadResult, DatasetError) are in ``records``."""
 from __future__ import annotations
 
-import logging
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from ..boxes import boxes_from_mask
 from ..images import is_image_file, is_regular_file, upright_size
 from ..keys import unknown_key_message
 from ..masks import MaskError, load_mask
 from ..registry import kinds
+from .box_sample import box_sample
+from .records import ReadResult, Sample, log, relative_key
 
-log = logging.getLogger("model.readers")
-MAX_LISTED = 40
 COMMON_OPTIONS = ("reader", "root", "license")
-
-
-class DatasetError(ValueError):
-    """The training data cannot be used as it is; the message lists every offending file."""
-
-    def __init__(self, summary: str, problems: list[str]):
-        listed = problems[:MAX_LISTED]
-        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
-        super().__init__(f"{summary}\n  " + "\n  ".join(listed) + more)
-        self.problems = problems
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One training image.
-
-    ``labels``: (class id,) for a single-label task; one 0/1/UNKNOWN per label for a multi-label task.
-    ``boxes``: lesion boxes as normalised (xc, yc, w, h) of the full image, for box-guided CutMix.
-    ``key``: the path relative to the dataset root, used by the folds file.
-    ``group``: a patient (or other) id; images of one group never go to different folds.
-    ``mask``: a segmentation task's mask image (class values per pixel, model.masks); None otherwise.
-    """
-
-    path: Path
-    key: str
-    labels: tuple[int, ...]
-    boxes: tuple[tuple[float, float, float, float], ...] = ()
-    group: str | None = None
-    mask: Path | None = None
-
-
-@dataclass
-class ReadResult:
-    samples: list[Sample]
-    problems: list[str] = field(default_factory=list)
-    # Images that were found but not turned into samples (their labels had problems): they are decoded
-    # too, so that one report lists a broken image beside a broken label.
-    unlabelled: list[Path] = field(default_factory=list)
 
 
 class Reader:
     """One data source. Subclasses set ``name``, ``layouts`` (the kinds' ``label_layout`` values whose labels
-    it can read: class, columns, mask) and ``options`` (option -> default; a default of None means optional)
-    and implement ``looks_like`` and ``read``."""
+    it can read: class, columns, mask, boxes) and ``options`` (option -> default; a default of None means
+    optional) and implement ``looks_like`` and ``read``."""
 
     name = ""
     layouts: tuple[str, ...] = ("class", "columns")
@@ -89,10 +51,15 @@ class Reader:
             if not isinstance(value, type(default)):
                 raise ValueError(f"{key}: expected a {type(default).__name__}, got {value!r}")
         cls.check_options({**cls.options, **data}, heads)
+        cls.check_layout({**cls.options, **data}, kind.label_layout, heads)
 
     @classmethod
     def check_options(cls, opts: dict, heads: tuple[str, ...]) -> None:
         """Reader-specific consistency checks (a list that must have one entry per class, say)."""
+
+    @classmethod
+    def check_layout(cls, opts: dict, layout: str, heads: tuple[str, ...]) -> None:
+        """Checks of the options that depend on the task's label layout (an option only one layout reads)."""
 
     def locate(self, data: str | Path) -> tuple[Path, Path]:
         """(dataset root, where the layout starts) for ``data``: the root itself, the layout folder, or any
@@ -128,12 +95,14 @@ def _root_of(layout: Path, parts: tuple[str, ...]) -> Path:
     return layout
 
 
-def list_images(folder: Path, problems: list[str], clash: str = "so each label matches one image") -> dict[str, Path]:
+def list_images(folder: Path, problems: list[str], clash: str = "so each label matches one image",
+                ignore: tuple[str, ...] = ()) -> dict[str, Path]:
     """Images in ``folder`` by file stem. Two images with one stem are ambiguous (which one does the label
-    describe?) and reported (``clash`` ends the message); other entries are skipped with a warning."""
+    describe?) and reported (``clash`` ends the message); files ending in ``ignore`` (the labels, where they
+    lie beside the images) are passed over, other entries skipped with a warning."""
     by_stem: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.name.startswith("."):
+        if path.name.startswith(".") or path.suffix.lower() in ignore:
             continue
         if is_broken_link(path):
             continue
@@ -165,10 +134,6 @@ def parse_box(tokens: list[str]) -> tuple[float, float, float, float] | None:
     except ValueError:
         return None
     return box if all(0.0 <= v <= 1.0 for v in box) else None
-
-
-def relative_key(path: Path, root: Path) -> str:
-    return path.relative_to(root).as_posix()
 
 
 def is_broken_link(path: Path) -> bool:
@@ -205,32 +170,28 @@ def visible_files(folder: Path):
             yield path
 
 
-class SegmentationReader(Reader):
-    """A reader of images with mask images; ``group_pattern`` (a regex) takes the group (patient) from a
-    path: its first capture group, or the whole match when it has none."""
+class GroupedByPattern:
+    """A reader whose ``group_pattern`` option (a regex) takes each image's group (patient) from a string of
+    its path (``group_text_is`` says which): its first capture group, or the whole match when it has none.
+    Without the option every image is its own group."""
 
-    layouts = ("mask",)
-    options = {"subfolder": "", "group_pattern": None}
     group_text_is = "each image's file name"
 
-    @classmethod
-    def check_options(cls, opts: dict, heads) -> None:
-        check_group_pattern(opts.get("group_pattern"))
-
-    def groups_of(self, texts: dict[Path, str], where: Path) -> tuple[dict[Path, str | None], str | None]:
-        """(the group ``group_pattern`` finds for each image in its string of ``texts``, None without the
-        option; one problem when the pattern misses some, with a handful of examples). Checked on the names
-        before any image is decoded, so a wrong pattern fails in seconds rather than after every image was
-        read."""
+    def groups_of(self, texts: dict[Path, str], where: Path, problems: list[str]) -> dict[Path, str | None] | None:
+        """The group ``group_pattern`` finds for each image in its string of ``texts`` (None without the
+        option); None, and one problem with a handful of examples, when the pattern misses some. Checked on
+        the names before any image is decoded, so a wrong pattern fails in seconds rather than after every
+        image was read."""
         pattern = self.opts["group_pattern"]
         groups = {image: group_of(text, pattern) if pattern is not None else None for image, text in texts.items()}
         missed = [texts[image] for image, group in groups.items() if pattern is not None and not group]
         if not missed:
-            return groups, None
+            return groups
         examples = ", ".join(repr(t) for t in missed[:EXAMPLES])
         more = f" and {len(missed) - EXAMPLES} more" if len(missed) > EXAMPLES else ""
-        return groups, (f"{where}: group_pattern {pattern!r} finds no group in {len(missed)} of {len(texts)} image "
+        problems.append(f"{where}: group_pattern {pattern!r} finds no group in {len(missed)} of {len(texts)} image "
                         f"names (it is searched in {self.group_text_is}): {examples}{more}; fix the pattern")
+        return None
 
 
 EXAMPLES = 5  # names shown when a pattern misses: enough to see why, not the whole data set
@@ -253,25 +214,65 @@ def check_group_pattern(pattern) -> None:
         raise ValueError(f"group_pattern {pattern!r} is not a valid regular expression ({e})") from None
 
 
-def segmentation_sample(task, image: Path | None, mask: Path | None, root: Path, group: str | None,
-                        result: ReadResult, keep: bool = True) -> Sample | None:
-    """Check one image and its mask for a segmentation task and add the Sample to ``result``.
+class SegmentationReader(GroupedByPattern, Reader):
+    """A reader of images with mask images, for a segmentation task or, one box per connected component of
+    each class, a detection task. ``mask_values`` (detection only: a segmentation task maps its classes to
+    their values in ``classes:``) lists each class's value in the masks; default 255 for one class."""
 
-    The mask is read (model.masks.load_mask with ``task.mask_values``) for the presence labels, one 0/1
-    per class; its size must be the image's (read from the image's header). Every problem goes to
+    layouts = ("mask", "boxes")
+    options = {"subfolder": "", "group_pattern": None, "mask_values": None}
+
+    @classmethod
+    def check_options(cls, opts: dict, heads) -> None:
+        check_group_pattern(opts.get("group_pattern"))
+
+    @classmethod
+    def check_layout(cls, opts: dict, layout: str, heads) -> None:
+        values = opts.get("mask_values")
+        if layout != "boxes":
+            if values is not None:
+                raise ValueError("mask_values: for detection tasks; a segmentation task gives each class's mask "
+                                 "value in classes:")
+            return
+        if values is None and len(heads) > 1:
+            raise ValueError(f"mask_values: required for {len(heads)} classes: each class's value in the masks, in "
+                             "the order of classes (e.g. [1, 2])")
+        if values is not None and (not isinstance(values, list) or len(values) != len(heads) or len(set(values))
+                                   != len(values) or not all(type(v) is int and 1 <= v <= 65535 for v in values)):
+            raise ValueError(f"mask_values: expected {len(heads)} distinct whole number(s) from 1 to 65535 (0 is the "
+                             f"background), one per class, got {values!r}")
+
+    @property
+    def mask_values(self) -> tuple[int, ...]:
+        """Each class's value in the masks: the task's own (segmentation), else the option (255 for one class)."""
+        return self.task.mask_values or tuple(self.opts["mask_values"] or (255,))
+
+
+def segmentation_sample(task, image: Path | None, mask: Path | None, root: Path, group: str | None,
+                        result: ReadResult, keep: bool = True, values: tuple[int, ...] | None = None) -> Sample | None:
+    """Check one image and its mask and add the Sample to ``result``.
+
+    The mask is read (model.masks.load_mask with ``values``, default ``task.mask_values``); its size must
+    be the image's (read from the image's header). A segmentation task's sample has the presence labels,
+    one 0/1 per class; a detection task's (label layout ``boxes``) has one box per 8-connected component
+    of each class (``model.boxes.boxes_from_mask``, then ``box_sample``). Every problem goes to
     ``result.problems``. No sample is kept when there is one, when ``mask`` is None (the caller reported
     it missing) or when ``keep`` is False (the caller found another problem with this image); a readable
     image that is not kept goes to ``result.unlabelled``, so it is decoded too. ``image`` None (not
     found) checks the mask alone. Returns the Sample added, or None.
     """
+    values = task.mask_values if values is None else values
+    boxes = task.kind.label_layout == "boxes"
     before = len(result.problems)
-    size = _image_size(image, result.problems) if image is not None else None
+    size = image_size(image, result.problems, "remove it and its mask") if image is not None else None
     ids = None
     if mask is not None:
         try:
-            ids = load_mask(mask, task.mask_values)
+            ids = load_mask(mask, values)
         except MaskError as e:
-            result.problems.append(str(e))
+            # load_mask's advice names the task's classes:, where a segmentation task gives the values.
+            result.problems.append(str(e).replace("set the task's classes: to", "set the reader's mask_values: to")
+                                   if boxes else str(e))
     if size is not None and ids is not None and (ids.shape[1], ids.shape[0]) != size:
         result.problems.append(f"{image}: the image is {size[0]}x{size[1]} but its mask {mask} is "
                                f"{ids.shape[1]}x{ids.shape[0]} (width x height); a mask must have its image's size")
@@ -279,21 +280,21 @@ def segmentation_sample(task, image: Path | None, mask: Path | None, root: Path,
         if size is not None:
             result.unlabelled.append(image)
         return None
-    counts = np.bincount(ids.ravel(), minlength=len(task.mask_values) + 1)
-    presence = tuple(int(n > 0) for n in counts[1:len(task.mask_values) + 1])
-    key = image.relative_to(root).as_posix() if image.is_relative_to(root) else image.as_posix()
-    sample = Sample(image, key, presence, (), group, mask)
+    if boxes:
+        return box_sample(task, image, root, size, *boxes_from_mask(ids, len(values)), mask, group, result)
+    counts = np.bincount(ids.ravel(), minlength=len(values) + 1)
+    presence = tuple(int(n > 0) for n in counts[1:len(values) + 1])
+    sample = Sample(image, relative_key(image, root), presence, (), group, mask)
     result.samples.append(sample)
     return sample
 
 
-def _image_size(image: Path, problems: list[str]) -> tuple[int, int] | None:
+def image_size(image: Path, problems: list[str], remedy: str) -> tuple[int, int] | None:
     """(width, height) from the image's header, upright as it is decoded (an EXIF orientation of 5 to 8
-    turns it a quarter); None (a problem) when PIL cannot open it."""
+    turns it a quarter); None (a problem, ``remedy`` its last words) when PIL cannot open it."""
     try:
         with Image.open(image) as im:
             return upright_size(im)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        problems.append(f"{image}: cannot read this image ({e}); re-export it (PNG or TIFF) or remove it "
-                        "and its mask")
+        problems.append(f"{image}: cannot read this image ({e}); re-export it (PNG, JPEG or TIFF) or {remedy}")
         return None

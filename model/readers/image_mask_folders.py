@@ -12,6 +12,8 @@ Options:
   mask share the file stem; their extensions may differ.
 * ``group_pattern``: a regular expression searched in each image's file name; its first capture group (or
   the whole match) is the image's group (patient). Without it every image is its own group.
+* ``mask_values`` (a detection task only): each class's value in the masks, in the order of ``classes``
+  (default 255, for a task of one class); one box per 8-connected component of each class.
 
 Reported, all at once: an image without its mask, a mask without its image, two files with one stem in a
 folder, and what ``segmentation_sample`` finds (an unreadable image or mask, an unknown mask value, a size
@@ -26,7 +28,7 @@ from .base import ReadResult, SegmentationReader, list_images, segmentation_samp
 
 class ImageMaskFolders(SegmentationReader):
     name = "image-mask-folders"
-    options = {"subfolder": "", "images": "images", "masks": "masks", "group_pattern": None}
+    options = {"subfolder": "", "images": "images", "masks": "masks", "group_pattern": None, "mask_values": None}
     summary = "images/ and masks/ folders whose files have the same names"
 
     @classmethod
@@ -49,9 +51,8 @@ class ImageMaskFolders(SegmentationReader):
         masks = list_images(masks_dir, result.problems, "so each image has one mask")
         if not images:
             result.problems.append(f"{images_dir}: no images")
-        groups, missed = self.groups_of({image: image.name for image in images.values()}, images_dir)
-        if missed:
-            result.problems.append(missed)
+        groups = self.groups_of({image: image.name for image in images.values()}, images_dir, result.problems)
+        if groups is None:
             return result
         for stem, image in images.items():
             before = len(result.problems)
@@ -60,7 +61,7 @@ class ImageMaskFolders(SegmentationReader):
                 result.problems.append(f"{image}: mask missing: expected {masks_dir / stem}.<ext>; add it, "
                                        "or remove the image")
             segmentation_sample(self.task, image, mask, root, groups[image], result,
-                                keep=len(result.problems) == before)
+                                keep=len(result.problems) == before, values=self.mask_values)
         for stem in sorted(set(masks) - set(images)):
             result.problems.append(f"{masks[stem]}: mask without its image in {images_dir}; add the image or "
                                    "remove the mask")

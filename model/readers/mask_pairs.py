@@ -12,6 +12,9 @@ Options:
 * ``group_pattern``: a regular expression searched in each image's path relative to the layout folder
   (``<case>/<case>_1.tif``); its first capture group (or the whole match) is the image's group (patient),
   whose images never go to different folds. Without it every image is its own group.
+* ``mask_values`` (a detection task only): each class's value in the masks, in the order of ``classes``
+  (default 255, for a task of one class). A detection task reads one box per 8-connected component of each
+  class (``model.boxes.boxes_from_mask``): the LGG masks become a one-class detection set.
 
 Hidden files and folders are skipped, other files with a warning. Reported, all at once: an image without
 its mask, a mask without its image, two images with one name, a second mask of one image, and what
@@ -27,7 +30,7 @@ from .base import ReadResult, SegmentationReader, log, segmentation_sample, visi
 
 class MaskPairs(SegmentationReader):
     name = "mask-pairs"
-    options = {"subfolder": "", "mask_suffix": "_mask", "group_pattern": None}
+    options = {"subfolder": "", "mask_suffix": "_mask", "group_pattern": None, "mask_values": None}
     summary = "images with their masks beside them (<stem>.tif and <stem>_mask.tif)"
     group_text_is = "each image's path relative to the layout folder, the subfolder: option not included"
 
@@ -61,10 +64,9 @@ class MaskPairs(SegmentationReader):
         if not images:
             result.problems.append(f"{layout}: no images (only masks, named *{suffix}.*)" if masks else
                                    f"{layout}: no images")
-        groups, missed = self.groups_of({paths[0]: paths[0].relative_to(layout).as_posix()
-                                         for paths in images.values()}, layout)
-        if missed:
-            result.problems.append(missed)
+        groups = self.groups_of({paths[0]: paths[0].relative_to(layout).as_posix()
+                                         for paths in images.values()}, layout, result.problems)
+        if groups is None:
             return result
         for (folder, stem), paths in sorted(images.items()):
             before = len(result.problems)
@@ -73,7 +75,7 @@ class MaskPairs(SegmentationReader):
                 result.problems.append(f"{other}: same name as {image.name}; rename one so each mask matches one image")
             mask = self._mask_of(image, masks.get((folder, stem), []), result.problems)
             segmentation_sample(self.task, image, mask, root, groups[image], result,
-                                keep=len(result.problems) == before)
+                                keep=len(result.problems) == before, values=self.mask_values)
         for (folder, stem), paths in sorted(masks.items()):
             if (folder, stem) not in images:
                 for path in paths:
