@@ -11,14 +11,19 @@
                         detection: one box per connected component of each class
 ``image-mask-folders``  segmentation: images/ and masks/ with the same file stems (nnU-Net 2D,
                         BUS-BRA); the group from the file name by ``group_pattern``; detection as above
+``voc``                 boxes: Pascal VOC XML in Annotations/ beside JPEGImages/ (labelImg, CVAT, BCCD)
+``yolo``                boxes: images/ and labels/ with one YOLO .txt per image, in any folders below
+                        (Ultralytics, the BI-RADS class folders), names from the task or a data.yaml
+``coco``                boxes: a COCO instances JSON beside its images
 ======================  ==========================================================================
 
 The training code never knows which reader fed it: each returns Samples (path, key, labels, boxes,
 group, mask, objects; ``records``) and lists every problem it finds instead of stopping at the first. A
 segmentation sample's labels say which classes its mask holds (one 0/1 per class);
-``base.segmentation_sample`` checks the image and mask and makes it, for every reader. A detection
-sample's ``objects`` are its boxes, checked by ``model.boxes.check_boxes`` (``box_sample``), and
-``ReadResult.dropped`` / ``clipped`` count what was done to bad ones.
+``base.segmentation_sample`` checks the image and mask and makes it, for every reader. The readers of
+boxes (voc, yolo, coco, boxes from masks) feed detection and classification tasks alike
+through ``box_sample``: a detection sample's ``objects`` are its boxes, checked by
+``model.boxes.check_boxes``, and ``ReadResult.dropped`` / ``clipped`` count what was done to bad ones.
 """
 from __future__ import annotations
 
@@ -26,15 +31,18 @@ from pathlib import Path
 
 from .base import Reader
 from .class_folders import ClassFolders
+from .coco import Coco
 from .csv_table import CsvTable
 from .image_mask_folders import ImageMaskFolders
 from .label_folders import LabelFolders
 from .mask_pairs import MaskPairs
 from .records import DatasetError, ReadResult, Sample
+from .voc import Voc
+from .yolo import Yolo
 from .yolo_folders import YoloFolders
 
 READERS: dict[str, type[Reader]] = {r.name: r for r in (YoloFolders, LabelFolders, ClassFolders, CsvTable, MaskPairs,
-                                                         ImageMaskFolders)}
+                                                         ImageMaskFolders, Voc, Yolo, Coco)}
 
 __all__ = ["READERS", "DatasetError", "ReadResult", "Reader", "Sample", "check_reader_options", "make_reader",
            "read_dataset"]
