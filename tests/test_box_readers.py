@@ -1,4 +1,4 @@
-"""The readers of boxes (voc, yolo, coco, boxes from masks) on tiny generated files, for a
+"""The readers of boxes (voc, yolo, coco, csv box rows, boxes from masks) on tiny generated files, for a
 detection task and for the classification tasks they feed; on BCCD, the BI-RADS labels and LGG when
 ../shared/data holds them.
 
@@ -200,6 +200,8 @@ def test_readers_of_other_layouts_refuse_a_detection_task_and_mask_values_are_ch
     with pytest.raises(TaskFileError, match="mask_values: for detection tasks"):
         task_from_dict({"name": "s", "kind": "segmentation", "classes": {"a": 255},
                         "data": {"reader": "mask-pairs", "mask_values": [255]}}, "<test>")
+    with pytest.raises(TaskFileError, match="box_columns: required for a detection task"):
+        task(reader="csv")
 
 
 @pytest.mark.skipif(not BCCD.is_dir(), reason="../shared/data/bccd is not present")
@@ -348,6 +350,47 @@ def test_coco_lists_every_problem_at_once(tmp_path):
     assert_one(problems, "two images with id 1 (c3.jpg)")
     assert len(problems) == 6, "\n".join(problems)
     assert not result.samples and len(result.dropped) == 1      # c2's box of no width, dropped
+
+
+# --- csv box rows ----------------------------------------------------------------------------------------
+
+def box_csv(folder: Path, name: str, lines: list[str]) -> Path:
+    """Images img/s1.png .. img/s3.png and the CSV ``name`` of ``lines`` (a header first) beside them."""
+    for stem in ("s1", "s2", "s3"):
+        image(folder / "img" / f"{stem}.png")
+    (folder / name).write_text("".join(line + "\n" for line in lines))
+    return folder / name
+
+
+def test_csv_reads_one_row_per_box_several_per_image_and_images_without_objects(tmp_path):
+    box_csv(tmp_path, "boxes.csv", ["path,cls,patient,x,y,w,h", "img/s1.png,b,P1,0.25,0.5,0.5,0.5",
+                                    "img/s1.png,a,P1,0,0,0.1,0.1", "img/s2.png,,P2,,,,",
+                                    "img/s3.png,a,P2,0.5,0.5,0.75,0.5"])
+    detection = task(reader="csv", file="boxes.csv", image_column="path", label_column="cls", group_column="patient",
+                     box_columns=["x", "y", "w", "h"], box_format="xywh", box_units="relative")
+    result = read(detection, tmp_path)
+    assert not result.problems
+    samples = {s.path.stem: s for s in result.samples}
+    assert samples["s1"].objects == ((1, 10.0, 15.0, 30.0, 30.0), (0, 0.0, 0.0, 4.0, 3.0))
+    assert samples["s1"].group == "P1" and samples["s2"].objects == () and samples["s2"].labels == (0, 0)
+    assert result.clipped == [f"{tmp_path / 'boxes.csv'}, image 'img/s3.png' (line 5): box 1 (20, 15, 50, 30) of class "
+                              "'a': partly outside the 40x30 image, clipped to (20, 15, 40, 30)"]
+
+
+def test_csv_box_rows_list_every_problem_at_once(tmp_path):
+    csv_path = box_csv(tmp_path, "train.csv", ["image,label,group,x1,y1,x2,y2", "img/s1.png,a,P1,1,1,5,5",
+                                               "img/s1.png,a,P2,2,2,6,6", "img/s2.png,c,P3,1,1,5,5",
+                                               "img/s3.png,a,P4,1,x,5,5", "img/s3.png,b,P4,9,1,5,5",
+                                               "img/gone.png,a,P5,1,1,5,5"])
+    result = read(task(reader="csv", group_column="group", box_columns=["x1", "y1", "x2", "y2"]), tmp_path)
+    problems = result.problems
+    assert_one(problems, f"{csv_path}, image 'img/s1.png' (lines 2, 3): its rows name 2 groups (P1, P2)")
+    assert_one(problems, f"{csv_path}:4: label='c' is not one of the classes (a, b)")
+    assert_one(problems, f"{csv_path}:5: box ['1', 'x', '5', '5'] is not four numbers (x1, y1, x2, y2, pixels)")
+    assert_one(problems, f"{csv_path}, image 'img/s3.png' (lines 5, 6): box 1 (9, 1, 5, 5) of class 'b': x2 < x1")
+    assert_one(problems, f"{csv_path}:7: image 'img/gone.png' not found")
+    assert len(problems) == 5, "\n".join(problems)
+    assert not result.samples
 
 
 # --- boxes from masks ------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@
 ``label-folders``       images/ plus one folder of 0/1 label files per label (the BI-RADS fea layout)
 ``class-folders``       ``<class>/<image>`` (ImageFolder)
 ``csv``                 one row per image: path, label(s) or a segmentation mask, optional group
-                        (patient) and box columns
+                        (patient) and box columns; for a detection task one row per box
 ``mask-pairs``          segmentation: ``<stem>.tif`` beside its ``<stem>_mask.tif``, in any folders
                         below (the LGG MRI layout); the group from the path by ``group_pattern``;
                         detection: one box per connected component of each class
@@ -21,7 +21,7 @@ The training code never knows which reader fed it: each returns Samples (path, k
 group, mask, objects; ``records``) and lists every problem it finds instead of stopping at the first. A
 segmentation sample's labels say which classes its mask holds (one 0/1 per class);
 ``base.segmentation_sample`` checks the image and mask and makes it, for every reader. The readers of
-boxes (voc, yolo, coco, boxes from masks) feed detection and classification tasks alike
+boxes (voc, yolo, coco, csv box rows, boxes from masks) feed detection and classification tasks alike
 through ``box_sample``: a detection sample's ``objects`` are its boxes, checked by
 ``model.boxes.check_boxes``, and ``ReadResult.dropped`` / ``clipped`` count what was done to bad ones.
 """

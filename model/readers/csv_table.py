@@ -18,12 +18,21 @@ Options:
 * segmentation: ``mask_column`` (default ``mask``), the path of the image's mask, relative to the same
   folder as the images; label and box columns are not read. The mask gives the presence labels (see
   ``base.segmentation_sample``).
-* ``group_column``: a patient (or study) id; no group is split across folds.
-* ``box_columns``: four columns x0, y0, x1, y1 of a lesion box in pixels (all four empty: no box).
+* detection: one row per box, ``image,label,x1,y1,x2,y2``: ``label_column`` is the box's class (its values
+  ``class_values``, as for single-label) and ``box_columns`` (required) its four coordinates. An image may
+  have several rows; a row whose four box cells are empty says the image has no objects (its class cell is
+  not read). The boxes go through ``model.boxes.check_boxes`` (``box_sample``): one of zero size is dropped
+  and one partly outside clipped, with a warning, and the problems name the CSV, the image and its lines.
+* ``group_column``: a patient (or study) id; no group is split across folds. Every row of one image must
+  name the same group.
+* ``box_columns``: four columns of a box (classification: a lesion box for box-guided CutMix, clipped to the
+  image; all four empty: no box), read as ``box_format`` ``xyxy`` (default: x1, y1, x2, y2, the corners,
+  x2 exclusive) or ``xywh`` (x, y, width, height: COCO's), in ``box_units`` ``pixels`` (default) of the
+  upright image or ``relative`` to its width and height.
 
-Every bad row is reported at once: a missing file, an unknown class, a duplicate path, an empty group, a
-bad box; for segmentation a missing or empty mask, an unreadable one, an unknown mask value, a mask whose
-size is not its image's.
+Every bad row is reported at once: a missing file, an unknown class, a duplicate path (but for box rows),
+an empty group, a bad box; for segmentation a missing or empty mask, an unreadable one, an unknown mask
+value, a mask whose size is not its image's.
 """
 from __future__ import annotations
 
@@ -31,19 +40,21 @@ import csv
 import math
 from pathlib import Path
 
-from PIL import Image
-
 from ..images import is_image_file, is_regular_file
 from ..metric import UNKNOWN, binary_label
-from .base import ReadResult, Reader, Sample, segmentation_sample
+from .base import ReadResult, Reader, Sample, image_size, relative_key, segmentation_sample
+from .box_sample import box_sample
+
+BOX_FORMATS = {"xyxy": "x1, y1, x2, y2", "xywh": "x, y, width, height"}
+BOX_UNITS = ("pixels", "relative")
 
 
 class CsvTable(Reader):
     name = "csv"
-    layouts = ("class", "columns", "mask")
+    layouts = ("class", "columns", "mask", "boxes")
     options = {"subfolder": "", "file": "train.csv", "image_column": "image", "image_root": "",
                "label_column": "label", "label_columns": None, "class_values": None, "group_column": None,
-               "box_columns": None, "mask_column": "mask"}
+               "box_columns": None, "box_format": "xyxy", "box_units": "pixels", "mask_column": "mask"}
     summary = "a CSV of image paths and labels"
 
     def __init__(self, task):
@@ -59,10 +70,19 @@ class CsvTable(Reader):
                 raise ValueError(f"{key}: expected a list of {length}")
         if opts.get("group_column") is not None and not isinstance(opts["group_column"], str):
             raise ValueError("group_column: expected a column name")
+        if opts["box_format"] not in BOX_FORMATS or opts["box_units"] not in BOX_UNITS:
+            raise ValueError(f"box_format {opts['box_format']!r}, box_units {opts['box_units']!r}: expected one of "
+                             f"{', '.join(BOX_FORMATS)} and one of {', '.join(BOX_UNITS)}")
+
+    @classmethod
+    def check_layout(cls, opts: dict, layout: str, heads) -> None:
+        if layout == "boxes" and opts.get("box_columns") is None:
+            raise ValueError("box_columns: required for a detection task: the four columns of each box, like "
+                             "[x1, y1, x2, y2]")
 
     @property
     def label_columns(self) -> list[str]:
-        if self.task.kind.label_layout == "class":
+        if self.task.kind.label_layout in ("class", "boxes"):
             return [self.opts["label_column"]]
         return [str(c) for c in (self.opts["label_columns"] or self.task.heads)]
 
@@ -98,6 +118,9 @@ class CsvTable(Reader):
                                                   else "no rows"))
             return result
         image_root = (layout / self.opts["image_root"]).resolve()
+        if self.task.kind.label_layout == "boxes":
+            self._box_rows(rows, path, image_root, root, result)
+            return result
         seen: dict[Path, int] = {}
         for number, row in enumerate(rows, 2):
             where = f"{path}:{number}"
@@ -113,9 +136,63 @@ class CsvTable(Reader):
                 if image is not None:
                     result.unlabelled.append(image)
                 continue
-            key = image.relative_to(root).as_posix() if image.is_relative_to(root) else image.as_posix()
-            result.samples.append(Sample(image, key, labels, boxes, group))
+            result.samples.append(Sample(image, relative_key(image, root), labels, boxes, group))
         return result
+
+    def _box_rows(self, rows, path: Path, image_root: Path, root: Path, result: ReadResult) -> None:
+        """A detection task's CSV: one row per box, several per image; one sample per image."""
+        images: dict[Path, list] = {}      # image -> its (line number, row)
+        for number, row in enumerate(rows, 2):
+            image = self._file(row, self.opts["image_column"], "image", image_root, f"{path}:{number}",
+                               result.problems)
+            if image is not None:
+                images.setdefault(image, []).append((number, row))
+        for image, lines in images.items():
+            before = len(result.problems)
+            numbers = ", ".join(str(number) for number, _ in lines)
+            named = lines[0][1][self.opts["image_column"]].strip()
+            where = f"{path}, image {named!r} (line{'s' if len(lines) > 1 else ''} {numbers})"
+            groups = {self._group(row, f"{path}:{number}", result.problems) for number, row in lines}
+            if len(groups) > 1:
+                listed = ", ".join(sorted(map(str, groups)))
+                result.problems.append(f"{where}: its rows name {len(groups)} groups ({listed}); every row of one "
+                                       "image names its group")
+            size = image_size(image, result.problems, "remove its rows")
+            boxes, labels = [], []
+            for number, row in lines:
+                values = [(row[c] or "").strip() for c in self.opts["box_columns"]]
+                if not any(values):
+                    continue                                      # the image is listed, without objects
+                label = self._class_index(row, f"{path}:{number}", result.problems)
+                box = self._pixels(values, size, f"{path}:{number}", result.problems)
+                if box is not None and label >= 0:
+                    boxes.append(box)
+                    labels.append(label)
+            if size is not None:
+                group = groups.pop() if len(groups) == 1 else None
+                box_sample(self.task, image, root, size, boxes, labels, where, group, result,
+                           keep=len(result.problems) == before)
+
+    def _pixels(self, values: list[str], size: tuple[int, int] | None, where: str, problems: list[str]):
+        """The box of four cells as (x1, y1, x2, y2) pixels of the upright image of ``size`` (``box_format``,
+        ``box_units``); None when they are not four numbers (a problem), or when relative units meet an
+        image of no known size."""
+        try:
+            box = [float(v) for v in values]
+        except ValueError:
+            box = [math.nan]
+        if not all(math.isfinite(v) for v in box):  # nan and inf parse as floats, and are no pixel
+            problems.append(f"{where}: box {values} is not four numbers ({BOX_FORMATS[self.opts['box_format']]}, "
+                            f"{self.opts['box_units']})")
+            return None
+        x1, y1, a, b = box
+        x2, y2 = (x1 + a, y1 + b) if self.opts["box_format"] == "xywh" else (a, b)
+        if self.opts["box_units"] == "relative":
+            if size is None:
+                return None
+            width, height = size
+            return x1 * width, y1 * height, x2 * width, y2 * height
+        return x1, y1, x2, y2
 
     def _mask_row(self, row, image: Path | None, image_root: Path, root: Path, where: str, result: ReadResult,
                   problems_before: int) -> None:
@@ -152,15 +229,19 @@ class CsvTable(Reader):
         seen[image] = number
         return image
 
+    def _class_index(self, row, where: str, problems: list[str]) -> int:
+        """The class of a row (``label_column``, valued as ``class_values``); -1 (a problem) when unknown."""
+        column = self.opts["label_column"]
+        values = [str(v) for v in (self.opts["class_values"] or self.task.heads)]
+        value = (row[column] or "").strip()
+        if value not in values:
+            problems.append(f"{where}: {column}={value!r} is not one of the classes ({', '.join(values)})")
+            return -1
+        return values.index(value)
+
     def _labels(self, row, where: str, problems: list[str]) -> tuple[int, ...]:
         if self.task.kind.label_layout == "class":
-            column = self.opts["label_column"]
-            values = [str(v) for v in (self.opts["class_values"] or self.task.heads)]
-            value = (row[column] or "").strip()
-            if value not in values:
-                problems.append(f"{where}: {column}={value!r} is not one of the classes ({', '.join(values)})")
-                return (-1,)
-            return (values.index(value),)
+            return (self._class_index(row, where, problems),)
         labels = []
         for column in self.label_columns:
             label = binary_label(row[column] or "")
@@ -179,26 +260,20 @@ class CsvTable(Reader):
         return value
 
     def _boxes(self, row, image: Path, where: str, problems: list[str]):
+        """A classification row's lesion box, normalised (xc, yc, w, h) for box-guided CutMix, clipped to the
+        image; () without one, and a problem when it is not inside the image."""
         columns = self.opts["box_columns"]
         if not columns:
             return ()
         values = [(row[c] or "").strip() for c in columns]
         if not any(values):
             return ()
-        try:
-            box = [float(v) for v in values]
-        except ValueError:
-            box = [math.nan]
-        if not all(math.isfinite(v) for v in box):  # nan and inf parse as floats, and are no pixel
-            problems.append(f"{where}: box {values} is not four numbers (pixels x0, y0, x1, y1)")
+        size = image_size(image, [], "")     # an unreadable image is reported when every image is decoded
+        box = self._pixels(values, size, where, problems)
+        if box is None or size is None:
             return ()
+        width, height = size
         x0, y0, x1, y1 = box
-        try:
-            with Image.open(image) as im:  # reads the header only
-                width, height = im.size
-        except (OSError, ValueError):
-            return ()  # an unreadable image is reported when every image is decoded
-
         x0, x1 = max(0.0, x0), min(float(width), x1)
         y0, y1 = max(0.0, y0), min(float(height), y1)
         if x1 <= x0 or y1 <= y0:
