@@ -36,7 +36,8 @@ sys.path.insert(0, str(PROJECT))
 import model.kinds  # noqa: E402,F401  (registers the task kinds)
 from model.task import load_task  # noqa: E402
 from model.training.config import build_config  # noqa: E402
-from model.training.experiment import export, train  # noqa: E402
+from model.training.experiment import train  # noqa: E402
+from model.training.export_run import export  # noqa: E402
 
 DATA = PROJECT.parent / "shared" / "data"
 BREAST_LICENSE = ("BrEaST-Lesions_USG, Pawłowska et al., Scientific Data 11, 148 (2024), "

@@ -13,7 +13,8 @@ from model.kinds import MULTI_LABEL, SINGLE_LABEL
 from model.network import create_network
 from model.training.config import build_config
 from model.training.engine import param_groups
-from model.training.experiment import export, train
+from model.training.experiment import train
+from model.training.export_run import export
 from model.training.gallery import grad_cam, pick_mistakes
 from model.training.probe import features_for, fit_head, head_probs
 from tests.helpers import (CLA_TASK, FEA_TASK, TEST_BACKBONE, TEST_SIZE, make_bundle, make_cla_data, make_fea_data,

@@ -13,7 +13,8 @@ from model.readers import DatasetError
 from model.training.cli import main as cli_main
 from model.training.config import build_config
 from model.training.dataset import CachedImage, box_cutmix
-from model.training.experiment import export, train
+from model.training.experiment import train
+from model.training.export_run import export
 from model.training.losses import MaskedMultiLabelLoss, auto_label_weights
 from tests.helpers import (CLA_TASK, FEA_TASK, TEST_BACKBONE, TEST_SIZE, make_bundle, make_cla_data, make_fea_data,
                            make_test_folder)

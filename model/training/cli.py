@@ -112,7 +112,7 @@ def _export(argv: list[str], default_task: Path | None, prog: str) -> int:
         folds = [int(f) for f in args.folds.split(",")] if args.folds else None
     except ValueError:
         p.error(f"--folds {args.folds!r}: expected fold numbers such as 0,1")
-    from .experiment import export
+    from .export_run import export
     expect = load_task(default_task).name if default_task else None
     folder = export(args.run_dir, args.out, folds, force=args.force, expect_task=expect)
     print(f"exported the bundle to {folder}")

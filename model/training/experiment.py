@@ -26,7 +26,6 @@ from . import distributed
 from .config import TrainConfig, differing_keys, read_config, save_config, selected_folds
 from .dataset import build_cache
 from .engine import resolve_workers, train_fold
-from .export_run import export  # noqa: F401  (train.py's export command and the benchmarks import it from here)
 from .folds import FOLDS_DIR, content_hash, duplicate_sets, load_or_make_folds
 from .results import gather_oof
 from .run_folder import RunFolder
