@@ -1,6 +1,7 @@
 import collections
 import os
 
+import numpy as np
 import pytest
 
 from model.images import load_rgb
@@ -143,6 +144,22 @@ def test_csv_reader_reads_labels_groups_and_pixel_boxes(tmp_path):
     assert root == data and [s.key for s in samples] == ["img/s0.png", "img/s1.png", "img/s2.png"]
     assert [s.labels for s in samples] == [(0,), (1,), (1,)] and [s.group for s in samples] == ["P1", "P1", "P2"]
     assert samples[0].boxes == ((0.35, 0.5, 0.5, 0.8),) and samples[1].boxes == ()
+
+
+def test_csv_reader_measures_boxes_on_the_upright_image_in_the_format_and_units_given(tmp_path):
+    from PIL import Image
+    exif = Image.Exif()
+    exif[0x0112] = 6                                    # stored 100 wide, 50 high; shown 50 wide, 100 high
+    Image.fromarray(fake_ultrasound(0, (50, 100))).save(tmp_path / "turned.png", exif=exif)
+    (tmp_path / "train.csv").write_text("image,label,x,y,w,h\nturned.png,low,10,20,30,40\n")
+    task = generic_task("grade", heads=("low", "high"),
+                        data={"reader": "csv", "box_columns": ["x", "y", "w", "h"], "box_format": "xywh"})
+    (sample,) = read(task, tmp_path)[1]
+    assert sample.boxes == ((25 / 50, 40 / 100, 30 / 50, 40 / 100),)
+    relative = generic_task("grade", heads=("low", "high"), data={"reader": "csv", "box_columns": ["x", "y", "w", "h"],
+                                                                  "box_units": "relative"})
+    (tmp_path / "train.csv").write_text("image,label,x,y,w,h\nturned.png,low,0.1,0.2,0.5,0.6\n")
+    np.testing.assert_allclose(read(relative, tmp_path)[1][0].boxes, [(0.3, 0.4, 0.4, 0.4)])
 
 
 def test_csv_reader_reports_every_bad_row(tmp_path):
