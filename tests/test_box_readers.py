@@ -109,9 +109,10 @@ def test_voc_annotations_beside_their_images_and_class_names(tmp_path):
     folder = tmp_path / "labelimg"
     image(folder / "s1.png")
     (folder / "s1.xml").write_text(voc_xml([("RBC ", (1, 1, 9, 9)), ("rbc", (2, 2, 8, 8)), ("ruler", (0, 0, 5, 5))]))
-    samples = ok(task(["cell"], reader="voc", annotations=".", images=".",
+    samples = ok(task(["cell"], reader="voc", annotations=".", images=".", group_pattern="^([a-z]+)",
                       class_names={"RBC": "cell", "rbc": "cell", "ruler": None}), folder)
     assert [o[0] for o in samples["s1"].objects] == [0, 0]       # ruler left out; names stripped
+    assert samples["s1"].group == "s"
 
 
 def test_voc_lists_every_problem_at_once_and_counts_dropped_and_clipped_boxes(tmp_path, caplog):
@@ -328,6 +329,14 @@ def test_coco_reads_listed_images_leaves_crowds_out_and_keeps_images_without_ann
     assert samples["c3"].objects == ((0, 1.5, 2.0, 4.5, 6.0),) and samples["c3"].key == "images/sub/c3.png"
     assert "1 crowd annotation(s) (iscrowd 1) left out" in caplog.text
     assert "1 image(s) the JSON does not list (unlisted.jpg...)" in caplog.text
+    # Roboflow's export: the JSON among its images.
+    roboflow = tmp_path / "roboflow" / "train"
+    image(roboflow / "r1.jpg")
+    (coco_file(roboflow, [(0, "r1.jpg")], [(0, 1, [2, 2, 4, 4], 0)]) / "annotations" / "instances_default.json").rename(
+        roboflow / "_annotations.coco.json")
+    found = ok(task(reader="coco", subfolder="train", annotations="_annotations.coco.json", images="."),
+               roboflow.parent)
+    assert found["r1"].objects == ((0, 2.0, 2.0, 6.0, 6.0),) and found["r1"].key == "train/r1.jpg"
 
 
 def test_coco_lists_every_problem_at_once(tmp_path):

@@ -35,7 +35,7 @@ class BoxReader(GroupedByPattern, Reader):
     def __init__(self, task):
         super().__init__(task)
         no_box = self.opts["no_box_class"]
-        self.no_box = None if no_box is None else task.heads.index(no_box)
+        self.no_box = None if no_box is None else task.heads.index(str(no_box))
         self.left_out = Counter()    # class name -> objects left out (class_names maps it to null)
 
     @classmethod
@@ -48,7 +48,7 @@ class BoxReader(GroupedByPattern, Reader):
             raise ValueError("class_names: expected a mapping of each class name in the files to one of the "
                              "task's classes (or to null, to leave its objects out), like {rbc: RBC}")
         for name, head in names.items():
-            if head is not None and head not in heads:
+            if head is not None and str(head) not in heads:
                 raise ValueError(f"class_names: {name}: {head!r} is not one of the task's classes "
                                  f"({', '.join(heads)})")
 
@@ -58,11 +58,11 @@ class BoxReader(GroupedByPattern, Reader):
         names = opts.get("class_names")
         if names is None:
             return set(heads), ""
-        return {head for head in names.values() if head is not None}, "class_names maps no name to it"
+        return {str(head) for head in names.values() if head is not None}, "class_names maps no name to it"
 
     @classmethod
     def check_layout(cls, opts: dict, layout: str, heads) -> None:
-        no_box = opts.get("no_box_class")
+        no_box = None if opts.get("no_box_class") is None else str(opts["no_box_class"])
         if no_box is not None and layout != "class":
             raise ValueError(f"no_box_class: for single-label tasks; in a {LAYOUT_NAMES.get(layout, layout)} task an "
                              "image without boxes has none of the classes")
@@ -80,7 +80,7 @@ class BoxReader(GroupedByPattern, Reader):
         names = self.opts["class_names"]
         if names is None:
             return {head: i for i, head in enumerate(self.task.heads)} if default is None else default
-        return {str(name): None if head is None else self.task.heads.index(head) for name, head in names.items()}
+        return {str(name): None if head is None else self.task.heads.index(str(head)) for name, head in names.items()}
 
     def sort_objects(self, objects, names: dict[str, int | None], where, problems: list[str]):
         """(boxes, labels) of ``objects`` ((class name, box) pairs) whose name ``names`` maps to a class; a

@@ -78,7 +78,8 @@ class Yolo(BoxReader):
 
     @staticmethod
     def _box_classes(opts: dict, heads) -> list[str]:
-        return [head for head in heads if head != opts.get("no_box_class")]
+        no_box = opts.get("no_box_class")
+        return [head for head in heads if no_box is None or head != str(no_box)]
 
     def describe(self) -> str:
         return super().describe().replace("images/ and labels/", f"{self.opts['images']}/ and {self.opts['labels']}/")
