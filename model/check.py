@@ -22,7 +22,7 @@ import yaml
 
 from .bundle import find_bundles, load_bundle
 from .errors import BundleError
-from .onnx_backend import cached_graph, unavailable_reason
+from .onnx_backend import cached_graph, unusable_reason
 from .predict import list_test_images
 from .runner import RunOptions, prepare, predict_folder, run
 from .synthetic import make_awkward_folder
@@ -133,11 +133,11 @@ def check_graphs(bundles, report: CheckReport, dry_run=None, before=None) -> Non
     """What the next run.py does with each bundle's ONNX graph. ``dry_run``: the check's own run of run.py,
     whose engines are those of the next run and which has already exported and cached any graph that was
     missing (``before``: name -> (status, message) of cached_graph before it); without one, the cache now."""
-    reason = unavailable_reason()
     results = {r.name: r for r in dry_run.results} if dry_run is not None else {}
     for bundle in bundles:
+        reason = unusable_reason(bundle)
         if reason:
-            report.notes.append(f"{bundle.name}: ONNX Runtime unavailable ({reason}); run.py uses PyTorch")
+            report.notes.append(f"{bundle.name}: ONNX Runtime not used ({reason}); run.py uses PyTorch")
             continue
         result = results.get(bundle.name)
         if result is not None and result.engine and result.engine != "onnxruntime":
@@ -176,7 +176,7 @@ def check_submission(project: Path, options: RunOptions, n_images: int = 1700, d
     if report.problems or not bundles:
         check_graphs(bundles, report)
         return report
-    before = {bundle.name: cached_graph(bundle)[1:] for bundle in bundles} if unavailable_reason() is None else {}
+    before = {bundle.name: cached_graph(bundle)[1:] for bundle in bundles if unusable_reason(bundle) is None}
     with tempfile.TemporaryDirectory(prefix="harness-check-") as tmp:
         tmp = Path(tmp)
         for bundle in bundles:

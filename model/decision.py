@@ -57,8 +57,9 @@ def tune_rule(task, probs: np.ndarray, labels, seed: int = 0) -> tuple[dict, dic
     neutral = kind.neutral_rule(len(task.heads))
     neutral_score = kind.scores(task, labels, kind.decide(probs, neutral), probs)["score"]
     report = {"n": int(len(probs)), "neutral_score": neutral_score}
-    if task.metric == "auc":
-        return neutral, {**report, "adopted": False, "why": "AUC does not depend on the decision rule"}
+    why = kind.rule_free(task)
+    if why:
+        return neutral, {**report, "adopted": False, "why": why}
     if len(probs) < MIN_IMAGES:
         return neutral, {**report, "adopted": False,
                          "why": f"only {len(probs)} out-of-fold images; a rule is tuned from {MIN_IMAGES} on"}

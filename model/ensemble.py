@@ -34,7 +34,7 @@ class FoldEnsemble(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.norm(images)
-        return torch.stack([self.kind.probabilities(n(x)) for n in self.nets]).float().mean(0)
+        return self.kind.combine(torch.stack([self.kind.probabilities(n(x)) for n in self.nets]).float())
 
     def predict(self, images: torch.Tensor, tta: ttach.Compose | None = None) -> torch.Tensor:
         """Probabilities averaged over TTA views and folds; all views go through in one batch."""
@@ -49,10 +49,10 @@ def tta_views(images: torch.Tensor, tta: ttach.Compose) -> torch.Tensor:
 
 
 def merge_views(kind, tta: ttach.Compose, outputs: torch.Tensor, n: int) -> torch.Tensor:
-    """The mean over TTA views of each image's outputs, every view first turned back to the original
-    frame by the kind (a flipped mask is flipped back; a class probability stays as it is)."""
+    """Each image's outputs over its TTA views, combined by the kind (a mean; boxes are fused), every view
+    first turned back to the original frame (a flipped mask is flipped back; a class probability stays)."""
     views = outputs.view(len(tta), n, *outputs.shape[1:])
-    return torch.stack([kind.deaugment(t, view) for t, view in zip(tta, views)]).mean(0)
+    return kind.combine(torch.stack([kind.deaugment(t, view) for t, view in zip(tta, views)]))
 
 
 def make_tta(names: str) -> ttach.Compose | None:

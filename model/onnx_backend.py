@@ -51,6 +51,12 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def unusable_reason(bundle: Bundle) -> str | None:
+    """None when this bundle's ensemble can run as an ONNX graph here, else why not: ONNX missing, or a kind
+    whose ensemble holds a step no graph can (the detection kind's box fusion)."""
+    return unavailable_reason() or bundle.task.kind.onnx_blocker(bundle.task)
+
+
 def cache_dir() -> Path:
     if os.environ.get("HARNESS_CACHE_DIR"):
         return Path(os.environ["HARNESS_CACHE_DIR"]) / "onnx"
@@ -238,9 +244,9 @@ def onnx_ensemble(bundle: Bundle, threads: int) -> OnnxEnsemble:
 def record_graph(folder: Path) -> None:
     """Export the bundle's graph, record its sha256 and the library versions in the manifest, and cache it
     (called by ``export``). Without ONNX, or when the export fails, the bundle simply has no record."""
-    if unavailable_reason() is not None:
-        return
     bundle = load_bundle(folder)
+    if unusable_reason(bundle) is not None:
+        return
     try:
         data = build_graph(bundle)
     except Exception as e:  # noqa: BLE001  (run.py falls back to PyTorch for such a network anyway)
@@ -264,7 +270,7 @@ def select_engine(bundle: Bundle, backend: str, device: torch.device, channels_l
     """
     note = None
     if device.type == "cpu" and backend != "torch" and precision == "fp32":
-        reason = unavailable_reason()
+        reason = unusable_reason(bundle)
         if reason is None:
             try:
                 return onnx_ensemble(bundle, torch.get_num_threads()), None

@@ -95,6 +95,10 @@ class InferenceKind(ABC):
         """A TTA view's outputs in the original image's frame: an image-level output does not move."""
         return transform.deaugment_label(outputs)
 
+    def combine(self, stacked):
+        """One output per image from the members' (folds', or TTA views') stacked outputs: their mean."""
+        return stacked.mean(0)
+
     @abstractmethod
     def neutral_rule(self, n_heads: int) -> dict:
         """The decision rule that changes nothing (argmax, 0.5): the rule a tuned one must beat."""
@@ -104,6 +108,14 @@ class InferenceKind(ABC):
         neutral = self.neutral_rule(n_heads)
         return (isinstance(rule, dict) and set(rule) == set(neutral)
                 and all(numbers(rule[k], len(v)) for k, v in neutral.items()))
+
+    def onnx_blocker(self, task) -> str | None:
+        """Why this kind's fold ensemble cannot run as an ONNX graph (run.py then uses PyTorch), or None."""
+        return None
+
+    def rule_free(self, task) -> str | None:
+        """Why the task's metric does not depend on the decision rule (no rule is tuned then), or None."""
+        return "AUC does not depend on the decision rule" if task.metric == "auc" else None
 
     @abstractmethod
     def decide(self, probs: np.ndarray, rule: dict | None = None) -> np.ndarray:
@@ -143,6 +155,12 @@ class TrainingKind(ABC):
 
     prob_dtype = np.float64                    # out-of-fold probabilities, as stored
     rule_grid: dict = {}                       # rule key -> the values the rule search tries
+    box_targets = False                        # the loader's targets are padded boxes that move with the image
+
+    def training_outputs(self, net, images, targets):
+        """What the training loss is computed from: the network's outputs for the batch (a detector takes the
+        targets too and returns its own loss)."""
+        return net(images)
 
     def network_spec(self, cfg, n_heads: int) -> dict:
         """What rebuilds the network: ``architecture`` (model.network) and its number of ``outputs``."""

@@ -261,15 +261,7 @@ class MultiLabel(Classification):
         """Fold id per image, multi-label stratified (iterstrat), and by group when there are groups.
 
         Unknown labels stratify as negatives: every image still gets a fold."""
-        targets = np.where(np.asarray(labels) == UNKNOWN, 0, labels)
-        if groups is not None:
-            from ..training.folds import grouped_multilabel_split
-            return grouped_multilabel_split(targets, groups, n_folds, seed)
-        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
-        if len(targets) < n_folds:
-            raise ValueError(f"{len(targets)} images cannot make {n_folds} folds; lower n_folds")
-        splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-        return fold_ids(splitter.split(np.zeros(len(targets)), targets), len(targets))
+        return multilabel_fold_ids(np.where(np.asarray(labels) == UNKNOWN, 0, labels), groups, n_folds, seed)
 
     def format_values(self, task, labels: np.ndarray, probs: np.ndarray) -> list[list]:
         if task.output.values == "probabilities":
@@ -330,6 +322,18 @@ class MultiLabel(Classification):
 
     def sample_weights(self, cfg, targets: np.ndarray) -> np.ndarray | None:
         return None
+
+
+def multilabel_fold_ids(targets: np.ndarray, groups: np.ndarray | None, n_folds: int, seed: int) -> np.ndarray:
+    """Fold id per image, stratified by its 0/1 columns (iterstrat), whole groups per fold when there are groups."""
+    if groups is not None:
+        from ..training.folds import grouped_multilabel_split
+        return grouped_multilabel_split(targets, groups, n_folds, seed)
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+    if len(targets) < n_folds:
+        raise ValueError(f"{len(targets)} images cannot make {n_folds} folds; lower n_folds")
+    splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return fold_ids(splitter.split(np.zeros(len(targets)), targets), len(targets))
 
 
 def _parse_numbers(column_values: dict[str, list[str]], columns, problems: list[str], low: float, high: float) -> np.ndarray:

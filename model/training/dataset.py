@@ -143,8 +143,12 @@ class EpochSampler(Sampler):
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)   # ITU-R 601 luma: OpenCV's and albumentations' weighted_average
 
 
-def build_augmentation(img_size: int, strength: float, gray_p: float = 0.0) -> A.Compose:
-    """Flips, mild affine (small angles only: rotations change 'direction'), gray, intensity, blur/noise."""
+def build_augmentation(img_size: int, strength: float, gray_p: float = 0.0, boxes: bool = False) -> A.Compose:
+    """Flips, mild affine (small angles only: rotations change 'direction'), gray, intensity, blur/noise.
+
+    ``boxes``: the targets are boxes (relative x1, y1, x2, y2 with a ``classes`` field), moved with the
+    image by albumentations; there is then no rotation (a turned box no longer fits its object), a box
+    less than a third of which stays in view is dropped and the others are clipped to the image."""
     s = strength
     transforms = [A.HorizontalFlip(p=0.5)]
     if gray_p > 0:
@@ -152,13 +156,16 @@ def build_augmentation(img_size: int, strength: float, gray_p: float = 0.0) -> A
     if s > 0:
         transforms += [
             A.Affine(scale=(1 - 0.15 * s, 1 + 0.15 * s), translate_percent=(-0.06 * s, 0.06 * s),
-                     rotate=(-10 * s, 10 * s), border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.7),
+                     rotate=0 if boxes else (-10 * s, 10 * s), border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0,
+                     p=0.7),
             A.RandomBrightnessContrast(brightness_limit=0.2 * s, contrast_limit=0.2 * s, p=0.6),
             A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.02 * s, 0.06 * s))],
                     p=min(1.0, 0.3 * s)),
         ]
     transforms.append(A.Resize(img_size, img_size, interpolation=cv2.INTER_AREA))
-    return A.Compose(transforms, strict=True)
+    bbox_params = A.BboxParams(format="albumentations", label_fields=["classes"], min_visibility=0.3, clip=True,
+                               filter_invalid_bboxes=True) if boxes else None
+    return A.Compose(transforms, bbox_params=bbox_params, strict=True)
 
 
 def _area(box) -> float:
@@ -208,10 +215,10 @@ class TrainDataset(Dataset):
     A segmentation cache's target is the image's mask (int64 HW), moved with the image."""
 
     def __init__(self, cache: ImageCache, targets: np.ndarray, masks: np.ndarray, img_size: int,
-                 aug_strength: float, cutmix_p: float, gray_p: float = 0.0):
+                 aug_strength: float, cutmix_p: float, gray_p: float = 0.0, box_targets: bool = False):
         self.cache, self.targets, self.masks = cache, targets, masks
-        self.cutmix_p = cutmix_p
-        self.transform = build_augmentation(img_size, aug_strength, gray_p)
+        self.cutmix_p, self.box_targets = cutmix_p, box_targets
+        self.transform = build_augmentation(img_size, aug_strength, gray_p, boxes=box_targets)
 
     def __len__(self):
         return len(self.cache)
@@ -232,8 +239,21 @@ class TrainDataset(Dataset):
             out = self.transform(image=img, mask=self.cache.masks_train[i])
             return (torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1),
                     torch.from_numpy(out["mask"].astype(np.int64)), torch.from_numpy(mask))
-        img = self.transform(image=img)["image"]
+        if self.box_targets:
+            img, target = self._with_boxes(img, target)
+        else:
+            img = self.transform(image=img)["image"]
         return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1), torch.from_numpy(target), torch.from_numpy(mask)
+
+    def _with_boxes(self, img: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The image augmented with its padded (M, 5) box rows (class -1: padding), the rows moved with it."""
+        present = rows[rows[:, 0] >= 0]
+        out = self.transform(image=img, bboxes=present[:, 1:], classes=present[:, 0])
+        moved = np.zeros_like(rows)
+        moved[:, 0] = -1
+        kept = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
+        moved[:len(kept), 0], moved[:len(kept), 1:] = np.asarray(out["classes"], np.float32), kept
+        return out["image"], moved
 
 
 class EvalDataset(Dataset):

@@ -117,7 +117,7 @@ class Stepper:
 
     def __init__(self, task, cfg: TrainConfig, targets: np.ndarray, masks: np.ndarray, total_steps: int,
                  device: torch.device, head=None):
-        self.device, self.grad_clip = device, cfg.grad_clip
+        self.device, self.grad_clip, self.kind = device, cfg.grad_clip, task.kind
         self.precision = training_precision(device, cfg.precision)
         self.norm = input_norm(cfg.backbone, cfg.input_norm).to(device)
         # channels_last on CPU too: lite0 trains at 17 img/s instead of 9 on the 2-core dev CPU (oneDNN).
@@ -147,9 +147,10 @@ class Stepper:
         """One step on a batch; returns the loss as a tensor on the device (no .item(): it would wait)."""
         device = self.device
         x = self.norm(images.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
+        targets = targets.to(device, non_blocking=True)
         with autocast(device, self.precision):
-            logits = self.step_net(x)
-        loss = self.loss_fn(logits.float(), targets.to(device, non_blocking=True), masks.to(device, non_blocking=True))
+            outputs = self.kind.training_outputs(self.step_net, x, targets)
+        loss = self.loss_fn(outputs.float(), targets, masks.to(device, non_blocking=True))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         distributed.average_gradients(self.loss_fn.parameters())   # DDP averages the network's own
@@ -211,14 +212,14 @@ def resolve_augment(cfg: TrainConfig, cache: ImageCache, device: torch.device) -
 
 
 def training_batches(cfg: TrainConfig, cache: ImageCache, targets: np.ndarray, masks: np.ndarray,
-                     sampler: EpochSampler, batch_size: int, device: torch.device):
+                     sampler: EpochSampler, batch_size: int, device: torch.device, box_targets: bool = False):
     """An iterable of (uint8 or float images, targets, masks) per epoch: augmented on the device from a
     cache held there, or by loader processes that persist from epoch to epoch."""
-    if resolve_augment(cfg, cache, device) == "device":
+    if not box_targets and resolve_augment(cfg, cache, device) == "device":
         return DeviceLoader(cache, targets, masks, sampler, batch_size, cfg.img_size, cfg.aug_strength,
                             cfg.cutmix_p, device, cfg.gray_p)
     workers = resolve_workers(cfg.workers, device)
-    dataset = TrainDataset(cache, targets, masks, cfg.img_size, cfg.aug_strength, cfg.cutmix_p, cfg.gray_p)
+    dataset = TrainDataset(cache, targets, masks, cfg.img_size, cfg.aug_strength, cfg.cutmix_p, cfg.gray_p, box_targets)
     # A generator of its own: the loader draws its workers' base seed from it, not from the global one
     # that dropout uses (which would then depend on the number of workers).
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=workers,
@@ -254,7 +255,7 @@ class FoldSetup:
                      torch.distributed.get_backend(), batch_size, batch_size * processes)
         self.loader = training_batches(cfg, cache.subset(train_idx), targets[train_idx], masks[train_idx],
                                        distributed.ShardedSampler(self.sampler, world) if world else self.sampler,
-                                       batch_size, device)
+                                       batch_size, device, task.kind.box_targets)
         self.val_loader = DataLoader(EvalDataset(cache.eval[val_idx]), batch_size=cfg.batch_size * 2)
         self.val_labels, self.n_val = labels[val_idx], int(len(val_idx))
 
