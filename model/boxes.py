@@ -229,3 +229,36 @@ def boxes_from_mask(ids, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
         boxes.append(np.stack([x, y, x + stats[1:, cv2.CC_STAT_WIDTH], y + stats[1:, cv2.CC_STAT_HEIGHT]], 1))
         labels.append(np.full(count - 1, c - 1, np.int64))
     return np.concatenate(boxes).astype(np.float64), np.concatenate(labels)
+
+
+# Padded rows: how a list of boxes of any length per image travels as an array (model.detector's contract).
+# A prediction row is x1, y1, x2, y2, score, class (an empty row: score 0, class -1); a truth row is class
+# (-1: padding), x1, y1, x2, y2.
+
+def detections(rows: np.ndarray) -> Detections:
+    """The boxes of one image's (K, 6) padded rows as model.boxes.Detections (the empty rows left out)."""
+    rows = np.asarray(rows, np.float64)
+    rows = rows[(rows[:, 5] >= 0) & (rows[:, 4] > 0)]
+    return Detections(rows[:, :4], rows[:, 4], rows[:, 5].astype(np.int64))
+
+
+def pad(found: Detections, k: int) -> np.ndarray:
+    """Detections as (k, 6) padded rows, the highest-scored first."""
+    out = np.zeros((k, 6), np.float32)
+    out[:, 5] = -1
+    order = np.argsort(-found.scores, kind="stable")[:k]
+    n = len(order)
+    out[:n, :4], out[:n, 4], out[:n, 5] = found.boxes[order], found.scores[order], found.labels[order]
+    return out
+
+
+def true_boxes(labels: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(boxes, classes) per image from padded (N, M, 5) truth."""
+    labels = np.asarray(labels, np.float64)
+    return [(rows[rows[:, 0] >= 0, 1:], rows[rows[:, 0] >= 0, 0].astype(np.int64)) for rows in labels]
+
+
+def in_pixels(found: Detections, shape) -> Detections:
+    """Relative Detections in an image of (height, width) pixels."""
+    height, width = shape
+    return Detections(found.boxes * np.array([width, height, width, height], np.float64), found.scores, found.labels)

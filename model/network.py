@@ -1,6 +1,6 @@
 """The one place a network is built: a timm backbone by name with the task's head, or, for an
-``architecture`` other than ``classifier``, a segmentation-models-pytorch network (U-Net, FPN, ...) on that
-timm backbone as its encoder (smp's ``tu-`` encoders).
+``architecture`` other than ``classifier``, a segmentation-models-pytorch network (U-Net, FPN, ...) or a
+torchvision detector (model.detector: FCOS, RetinaNet, Faster R-CNN) on that timm backbone as its encoder.
 
 Pretrained sources (``pretrained=``):
 
@@ -70,6 +70,9 @@ CLASSIFIER = "classifier"
 
 def create_network(backbone: str, num_outputs: int, pretrained: str = "none", drop_rate: float = 0.0,
                    architecture: str = CLASSIFIER) -> nn.Module:
+    from .detector import DETECTORS
+    if architecture in DETECTORS:
+        return _detector(architecture, backbone, num_outputs, pretrained)
     if architecture != CLASSIFIER:
         return _segmentation_network(architecture, backbone, num_outputs, pretrained)
     import timm  # here, not at the top: 2 s of imports (torchvision) that run.py on a cached ONNX graph never needs
@@ -112,6 +115,21 @@ def _segmentation_network(architecture: str, backbone: str, num_outputs: int, pr
                                   f"{len(encoder)} tensors")
         net.encoder.model.load_state_dict(usable)
     return net
+
+
+def _detector(architecture: str, backbone: str, num_classes: int, pretrained: str) -> nn.Module:
+    """A torchvision detector on the timm encoder ``backbone``, its encoder's weights from the timm classifier
+    built with ``pretrained`` (copied by name, as for a segmentation network)."""
+    import timm
+
+    from .detector import create_detector
+    if backbone not in timm.list_models():
+        raise PretrainedError(f"unknown backbone {backbone!r}: pick a name from timm.list_models()")
+    state = create_network(backbone, 1, pretrained).state_dict() if pretrained != "none" else None
+    try:
+        return create_detector(architecture, backbone, num_classes, state)
+    except ValueError as e:
+        raise PretrainedError(str(e)) from e
 
 
 def head_parameters(net: nn.Module) -> list[nn.Parameter]:

@@ -191,7 +191,7 @@ def test_csv_reader_multi_label_with_unknowns(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("name: x\nkind: single-label\nclases: [a, b]\n", r"unknown key 'clases'; did you mean 'classes'\?"),
-    ("name: x\nkind: single-labels\nclasses: [a, b]\n", r"kind 'single-labels': choose single-label, multi-label, segmentation"),
+    ("name: x\nkind: single-labels\nclasses: [a, b]\n", r"kind 'single-labels': choose single-label, multi-label, detection, segmentation"),
     ("name: x\nkind: multi-label\nclasses: [a, b]\n", r"a multi-label task lists labels:, not classes:"),
     ("name: x\nkind: single-label\nclasses: [a]\n", r"classes: required, a list of at least 2 names"),
     ("name: x\nkind: single-label\nclasses: [a, a]\n", r"names must be non-empty and distinct"),

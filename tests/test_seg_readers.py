@@ -301,7 +301,7 @@ def test_bad_options_are_task_file_errors(data, message):
 
 
 def test_segmentation_readers_refuse_classification_tasks():
-    with pytest.raises(TaskFileError, match="reader mask-pairs reads segmentation tasks, not single-label"):
+    with pytest.raises(TaskFileError, match="reader mask-pairs reads detection or segmentation tasks, not single-label"):
         task_from_dict({"name": "c", "kind": "single-label", "classes": ["a", "b"], "data": {"reader": "mask-pairs"}},
                        "<test>")
 

@@ -6,6 +6,8 @@
 ``multi-label``    several yes/no labels per image, some unknown (sigmoids); same module
 ``segmentation``   a class per pixel (U-Net and friends, segmentation-models-pytorch);
                    model.kinds.segmentation
+``detection``      boxes of object classes (torchvision's FCOS, RetinaNet, Faster R-CNN on
+                   a timm encoder); model.kinds.detection
 =================  ======================================================================
 
 A new kind is a module with a ``Kind`` subclass under ``@register``, its import here, and its tuning search
@@ -14,9 +16,10 @@ space (``model/training/search_spaces/<kind>.yaml``).
 from __future__ import annotations
 
 from ..registry import kinds
-from . import birads_v1, classification, segmentation  # noqa: F401  (each registers its kinds; birads_v1 an upgrade)
+from . import birads_v1, classification, detection, segmentation  # noqa: F401  (each registers its kinds; birads_v1 an upgrade)
 from .base import Kind
 
-SINGLE_LABEL, MULTI_LABEL, SEGMENTATION = (kinds()[name] for name in ("single-label", "multi-label", "segmentation"))
+SINGLE_LABEL, MULTI_LABEL, SEGMENTATION, DETECTION = (kinds()[name] for name in ("single-label", "multi-label",
+                                                                                  "segmentation", "detection"))
 
-__all__ = ["MULTI_LABEL", "SEGMENTATION", "SINGLE_LABEL", "Kind"]
+__all__ = ["DETECTION", "MULTI_LABEL", "SEGMENTATION", "SINGLE_LABEL", "Kind"]

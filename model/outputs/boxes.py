@@ -291,3 +291,63 @@ def read_summary_csv(path, id_header: str, classes) -> dict[str, ImageSummary]:
             found[key] = ImageSummary(np.array([int(c) for c in counts], np.int64), score)
     lines.check()
     return found
+
+
+def score_box_task(task, pred_dir: Path, gt_dir: Path):
+    """A detection task's output against the true boxes of GT_DIR/<test_folder>/, read by the task's own
+    reader (the layout it trains on: VOC, YOLO, COCO or a CSV); None when that folder is absent.
+
+    A prediction's id matches a true image by file name, or by number (the image's stem as a number, as
+    run.py numbers the test images). An image with no prediction counts as one without boxes; no id
+    matched at all is an error. ``summary`` outputs hold no boxes and are scored at the image level."""
+    from ..box_metric import detection_scores
+    from ..metric import binary_auc, binary_rates
+    from ..readers import make_reader
+    from . import TaskScore, missing_output
+    truth_dir = Path(gt_dir) / task.test_folder
+    if not truth_dir.is_dir():
+        return None
+    pred = Path(pred_dir) / task.output.file
+    if not pred.exists():
+        return missing_output(task, pred)
+    reader = make_reader(task)
+    try:
+        root, layout = reader.locate(truth_dir)
+        result = reader.read(layout, root)
+    except (OSError, ValueError) as e:
+        raise ScoreError(f"{truth_dir}: the true boxes cannot be read ({e})") from e
+    if result.problems:
+        raise ScoreError(f"{truth_dir}: the true boxes have problems: " + "; ".join(result.problems[:SHOWN]))
+    samples = sorted(result.samples, key=lambda s: s.path.name)
+    if not samples:
+        return None
+    found = read_detections(pred, task.output.values, task.output.header_for(task.output.id), task.heads)
+    keys = {}
+    for i, sample in enumerate(samples):
+        keys[sample.path.name] = i
+        if sample.path.stem.isdigit():
+            keys[str(int(sample.path.stem))] = i
+    matched = {keys[k]: v for k, v in found.items() if k in keys}
+    unknown = [k for k in found if k not in keys]
+    if not matched and (found or task.output.values != "coco"):
+        raise ScoreError(f"{pred}: no image id matches an image of {truth_dir}; is it this test set's?")
+    problems = [f"{pred}: {len(unknown)} id(s) name no image of the truth: {unknown[:SHOWN]}"] if unknown else []
+    if task.output.values != "coco":
+        missing = [s.path.name for i, s in enumerate(samples) if i not in matched]
+        if missing:
+            problems.append(f"{pred}: {len(missing)} image(s) have no row (scored as without boxes): {missing[:SHOWN]}")
+    truth = [(np.array([o[1:] for o in s.objects], np.float64).reshape(-1, 4),
+              np.array([o[0] for o in s.objects], np.int64)) for s in samples]
+    has_object = np.array([len(boxes) > 0 for boxes, _ in truth]).astype(int)
+    if task.output.values == "summary":
+        counts = [matched.get(i) for i in range(len(samples))]
+        said = np.array([int(c is not None and c.counts.sum() > 0) for c in counts])
+        highest = np.array([c.max_score if c is not None and c.max_score is not None else 0.0 for c in counts])
+        scores = {**binary_rates(has_object, said), "auc": binary_auc(has_object.astype(bool), highest)}
+        return TaskScore(task.name, {"score": scores["auc"] if scores["auc"] is not None else 0.0, **scores}, problems)
+    empty = Detections(np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64))
+    preds = [matched.get(i, empty) for i in range(len(samples))]
+    scores = detection_scores(truth, preds, task.heads, 0.0)
+    scores.pop("pr_curves")
+    metric = task.metric if task.metric in scores else "map"
+    return TaskScore(task.name, {"score": scores[metric], **scores}, problems)

@@ -53,7 +53,8 @@ class TrainConfig:
     # network
     backbone: str = opt("tf_efficientnet_lite0", "any timm model name (segmentation: the encoder)")
     architecture: str = opt("Unet", "the segmentation network (segmentation-models-pytorch): Unet, UnetPlusPlus, FPN, "
-                            "DeepLabV3Plus, Linknet, MAnet, PAN, UPerNet, Segformer")
+                            "DeepLabV3Plus, Linknet, MAnet, PAN, UPerNet, Segformer; the detector (torchvision): "
+                            "fcos (detection's default), retinanet, faster-rcnn")
     pretrained: str = opt("imagenet", "none, imagenet (offline, tf_efficientnet_lite0/1/2), hub, or a state dict file")
     input_norm: str = opt("backbone", "input normalisation: backbone (its pretrained mean and std) or image (each "
                           "image's channels z-scored on their own, for scans such as MRI with no absolute "

@@ -16,6 +16,8 @@ labels it finds noisiest.
 Segmentation: segmentation-models-pytorch's Dice loss (over the whole batch, so the many empty slices of a
 volume do not each count as a perfect or a failed Dice) plus its BCE (one class) or cross-entropy
 (background and several classes), as nnU-Net and most Kaggle segmentation solutions combine them.
+
+Detection: the detector's own (model.training.losses.DetectorLoss).
 """
 from __future__ import annotations
 
@@ -92,3 +94,12 @@ class SegmentationLoss(nn.Module):
             truth = targets.unsqueeze(1).float()
             return self.pixel(logits, truth) + self.dice_weight * self.dice(logits, truth)
         return self.pixel(logits, targets.long()) + self.dice_weight * self.dice(logits, targets.long())
+
+
+class DetectorLoss(nn.Module):
+    """Detection: the detector's own loss, which torchvision computes inside its forward pass from the
+    targets (FCOS: focal loss, GIoU and centre-ness; RetinaNet: focal loss and L1; Faster R-CNN: the RPN's
+    and the box head's); ``model.kinds.detection.training_outputs`` hands it here unchanged."""
+
+    def forward(self, loss: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        return loss
