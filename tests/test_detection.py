@@ -46,6 +46,8 @@ def write_voc(folder, n: int, first: int = 0, numbered: bool = False):
         img, objects = squares(i)
         stem = f"{i - first + 1:04d}" if numbered else f"img{i}"
         save_image(folder / "JPEGImages" / f"{stem}.png", img)
+        if i == 0:
+            objects = [*objects, ("bright", 40, 10, 40, 30)]     # no width, as two of BCCD's: dropped
         boxes = "".join(f"<object><name>{c}</name><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax>"
                         f"<ymax>{y2}</ymax></bndbox></object>" for c, x1, y1, x2, y2 in objects)
         (folder / "Annotations" / f"{stem}.xml").write_text(
@@ -107,6 +109,7 @@ def test_a_detection_task_trains_exports_predicts_and_is_scored_through_the_publ
                                             "output: {values: boxes, id: filename}\n")
     common = ["--task", str(task), "--data", str(tmp_path / "data"), "--set", f"folds_dir={tmp_path / 'folds'}"]
     assert train_main([*common, "--out", str(tmp_path / "run"), *TINY]) == 0
+    assert "squares: 1 box(es) dropped (no width or height) and 0 clipped" in (tmp_path / "run" / "train.log").read_text()
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(metrics["oof_default_rule"]) >= {"map", "map50", "f1", "ap"} and "probe" in metrics
     assert (tmp_path / "run" / "pr.png").is_file() and (tmp_path / "run" / "errors.png").is_file()

@@ -231,6 +231,8 @@ class TrainingKind(ABC):
                      > self.scores(task, labels[idx], neutral[idx])["score"])
         return wins / draws
 
+    baseline_name = "linear probe"             # what run_baseline trains, as the run's summary names it
+
     @abstractmethod
     def run_baseline(self, task, cfg, cache, hashes, labels, targets, masks, fold_ids, run_dir: Path, device) -> dict:
         """The cheap baseline on the run's folds (its score is reported beside the recipe's)."""

@@ -49,6 +49,7 @@ class Detection(Kind):
     predict_dtype = np.float32
     rule_grid = {"threshold": np.round(np.arange(0.1, 0.8001, 0.05), 2)}
     failed_note = "predicted with no boxes"
+    baseline_name = "frozen-encoder detector"
 
     # --- task file -------------------------------------------------------------------------------------
     def output_columns(self, heads, values: str) -> list[str]:

@@ -50,6 +50,7 @@ class Segmentation(Kind):
     recipe_keys = frozenset({"architecture", "dice_weight"})
     defaults = {"label_smoothing": 0.0, "img_size": 256, "lr": 1e-3, "epochs": 20}
     crop_border = False        # the mask must map back onto the original pixels
+    baseline_name = "pixel linear probe"
     label_layout = "mask"
     prob_dtype = np.float16    # OOF maps: 781 LGG slices at 256 px are 100 MB in float16
     predict_dtype = np.float32

@@ -72,7 +72,7 @@ def _main(argv: list[str], default_task: Path | None, prog: str) -> int:
     if "probe" in metrics and cfg.recipe == "finetune":
         verdict = "fine-tuning paid" if metrics["gain_over_probe"] > 0 else \
             f"FINE-TUNING DID NOT PAY: {task.kind.probe_advice(task, cfg)}"
-        print(f"linear probe on the same folds: {metrics['probe']['oof_tuned_rule']:.4f} "
+        print(f"{task.kind.baseline_name} on the same folds: {metrics['probe']['oof_tuned_rule']:.4f} "
               f"({metrics['gain_over_probe']:+.4f} for this recipe: {verdict})")
     print(f"run folder: {cfg.out}")
     return 0

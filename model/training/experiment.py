@@ -105,6 +105,9 @@ def prepare_data(task, cfg: TrainConfig, decoders: int = 0):
                            f"from the task file's {task.kind.heads_key}:, or train all the same with "
                            "--set allow_missing_classes=true (their scores then mean nothing)",
                            [f"{head}: 0 images" for head in empty])
+    if result.dropped or result.clipped:
+        log.info("%s: %d box(es) dropped (no width or height) and %d clipped to their image, each named above",
+                 task.name, len(result.dropped), len(result.clipped))
     hashes = [content_hash(s.path) for s in result.samples]
     for indices in duplicate_sets(hashes):
         names = [result.samples[i].key for i in indices]

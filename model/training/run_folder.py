@@ -21,7 +21,7 @@ RUN_DIR/ (``RunFolder``)
                    under torchrun processes and global_batch_size
     curves.png     the training curves
   oof.csv, metrics.json   the finished folds' out-of-fold probabilities and scores, the decision rule
-  errors.png, and the kind's own files (confusion.png; or dice.png and masks.npz)
+  errors.png, and the kind's own files (confusion.png; dice.png and masks.npz; pr.png and boxes.npy)
 
 Epochs count from 1 everywhere. Several processes may train different folds into one RUN_DIR.
 """

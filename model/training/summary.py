@@ -55,8 +55,8 @@ def summarise(run_dir: str | Path) -> dict:
         log.info("%s OOF %s: %.4f with the neutral rule, kept (%s)", task.name, task.metric,
                  metrics["oof_default_rule"]["score"], rule_report["why"])
     if "probe" in metrics:
-        log.info("%s OOF %s of the linear probe on the same folds: %.4f (%+.4f for this recipe)", task.name,
-                 task.metric, metrics["probe"]["oof_tuned_rule"], metrics["gain_over_probe"])
+        log.info("%s OOF %s of the %s on the same folds: %.4f (%+.4f for this recipe)", task.name,
+                 task.metric, task.kind.baseline_name, metrics["probe"]["oof_tuned_rule"], metrics["gain_over_probe"])
     return metrics
 
 
