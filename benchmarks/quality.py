@@ -144,10 +144,7 @@ def print_segmentation(r: dict) -> None:
     if "probe" in m:
         print(f"{'baseline (pixel probe), rule':<32}{m['probe']['oof_tuned_rule']:>16.4f}   "
               f"(neutral rule {m['probe']['oof_default_rule']:.4f}); gain of the U-Net {m['gain_over_probe']:+.4f}")
-    folds = r["folds"]
-    print(f"per fold ({r['task'].metric}, neutral rule): " + ", ".join(f"{v:.3f}" for v in folds) +
-          f"; mean {statistics.mean(folds):.3f} ± {statistics.pstdev(folds):.3f}")
-    print(f"rule: {m['rule']} ({m['rule_report']['why']})")
+    print_folds_and_rule(r)
     volumes = sorted(tuned.get("per_volume_dice", {}).items(), key=lambda item: item[1])
     if volumes:
         print("weakest volumes (dice, rule kept): " + ", ".join(f"{name} {dice:.3f}" for name, dice in volumes[:4]))
@@ -172,8 +169,12 @@ def print_detection(r: dict) -> None:
     if "probe" in m:
         print(f"baseline ({r['task'].kind.baseline_name}), {r['task'].metric}: {m['probe']['oof_tuned_rule']:.4f}; "
               f"gain of the recipe {m['gain_over_probe']:+.4f}")
-    folds = r["folds"]
-    print(f"per fold ({r['task'].metric}): " + ", ".join(f"{v:.3f}" for v in folds) +
+    print_folds_and_rule(r)
+
+
+def print_folds_and_rule(r: dict) -> None:
+    m, folds = r["metrics"], r["folds"]
+    print(f"per fold ({r['task'].metric}, neutral rule): " + ", ".join(f"{v:.3f}" for v in folds) +
           f"; mean {statistics.mean(folds):.3f} ± {statistics.pstdev(folds):.3f}")
     print(f"rule: {m['rule']} ({m['rule_report']['why']})")
 
