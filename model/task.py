@@ -225,10 +225,11 @@ def _output(raw, name: str, kind, heads: tuple[str, ...], where: str) -> Output:
         raise TaskFileError(f"{where}: output.values {values!r}: a {kind.name} task writes "
                             f"{' or '.join(kind.output_values)}")
     file = raw.get("file", kind.default_output_file(name, values))
-    folder = kind.output_is_folder(values)
-    if not isinstance(file, str) or not NAME.fullmatch(file) or folder == file.endswith(".csv"):
+    suffix = kind.output_suffix(values)
+    folder = not suffix
+    if not isinstance(file, str) or not NAME.fullmatch(file) or (file.endswith(".csv") if folder else not file.endswith(suffix)):
         raise TaskFileError(f"{where}: output.file {file!r}: " + (
-            "a plain folder name (the masks are written into it)" if folder else "a plain file name ending in .csv"))
+            "a plain folder name (the masks are written into it)" if folder else f"a plain file name ending in {suffix}"))
     # Masks in a folder are named after their images: no id is written, so none is derived (nor warned about).
     id_mode = raw.get("id", "filename" if folder else "number")
     if not isinstance(id_mode, str) or id_mode not in ID_MODES:

@@ -142,6 +142,30 @@ def make_seg_bundle(folder: Path, task: Task, folds: int = 2, seed: int = 0, rul
     return export_bundle(folder, checkpoints, manifest, replace=True)
 
 
+def det_task(name: str = "cells", values: str = "boxes", **extra) -> Task:
+    """A two-class detection task, as a task file would define it."""
+    raw = {"name": name, "kind": "detection", "classes": ["bright", "dim"], "output": {"values": values},
+           "data": {"reader": "voc"}, **extra}
+    return task_from_dict(raw, f"<test task {name}>")
+
+
+def make_det_bundle(folder: Path, task: Task, folds: int = 2, seed: int = 0) -> Path:
+    """A random-init bundle of ``folds`` tiny FCOS detectors, exported with the real export code."""
+    import torch
+
+    checkpoints = []
+    for fold in range(folds):
+        torch.manual_seed(seed + fold)
+        net = create_network(TEST_BACKBONE, len(task.heads), architecture="fcos")
+        checkpoints.append({"task": task.name, "architecture": "fcos", "outputs": len(task.heads),
+                            "backbone": TEST_BACKBONE, "heads": list(task.heads), "img_size": SEG_SIZE,
+                            "mean": [0.5] * 3, "std": [0.5] * 3, "fold": fold, "epoch": 1, "score": 0.0,
+                            "state_dict": net.state_dict()})
+    manifest = {"task": task.to_dict(), "decision": task.neutral_rule(), "prior": [0.5] * len(task.heads),
+                "cv": {}, "trained_on": {"dataset": "generated", "images": 0, "license": "random init (tests)"}}
+    return export_bundle(folder, checkpoints, manifest, replace=True)
+
+
 def make_seg_images(folder: Path, n: int = 6, size=(64, 64), masks: Path | None = None, start: int = 0) -> list[Path]:
     """``n`` numbered scans with a bright disc (every third one without); their 0/255 masks in ``masks``
     (named like the scans) when given."""

@@ -18,7 +18,8 @@ from model.score import main as score_main
 from model.synthetic import save_image
 from model.training.cli import main as train_main
 from model.training.dataset import TrainDataset, build_cache
-from tests.helpers import write_task
+from tests.helpers import (det_task, make_bundle, make_det_bundle, make_seg_bundle, make_seg_images,
+                           make_test_folder, seg_task, write_task)
 
 TINY = ["--set", "backbone=test_efficientnet", "--set", "pretrained=none", "--img-size", "64", "--workers", "0",
         "--set", "n_folds=2", "--set", "checkpoint_every=0", "--set", "ema_decay=0", "--epochs", "1",
@@ -130,3 +131,28 @@ def test_a_detection_task_trains_exports_predicts_and_is_scored_through_the_publ
     assert score_main([str(tmp_path / "out"), str(tmp_path / "gt"),
                        "--weights", str(tmp_path / "weights")]) == 0
     assert "squares" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("values", ["boxes", "prediction-string", "coco", "summary"])
+def test_run_serves_a_detection_bundle_beside_the_others_and_one_failing_costs_them_nothing(tmp_path, capsys, values):
+    make_bundle(tmp_path / "w" / "cla", "cla")
+    make_seg_bundle(tmp_path / "w" / "blobs", seg_task(test_folder="seg"))
+    make_det_bundle(tmp_path / "w" / "cells", det_task(values=values, test_folder="cells"))
+    test_dir = make_test_folder(tmp_path / "testB", n=3)
+    make_seg_images(test_dir / "seg", n=3)
+    make_seg_images(test_dir / "cells", n=3, size=(70, 90))
+    args = ["--weights", str(tmp_path / "w"), "--test-dir", str(test_dir), "--out-dir", str(tmp_path / "out"),
+            "--workers", "0", "--tta", "hflip"]
+    assert run.main(args) == 0
+    out = capsys.readouterr()
+    assert "ONNX Runtime not used for cells: its folds' and views' boxes are fused by Weighted Boxes Fusion" in out.err
+    written = tmp_path / "out" / ("cells_pre.json" if values == "coco" else "cells_pre.csv")
+    from model.outputs.boxes import read_detections
+    found = read_detections(written, values, "id", ["bright", "dim"])
+    assert values == "coco" or set(found) == {"1", "2", "3"}
+    assert len(list((tmp_path / "out" / "blobs_masks").iterdir())) == 3
+    (tmp_path / "w" / "cells" / "fold1.pt").write_bytes(b"tampered")      # now the detector fails alone
+    assert run.main(args) == 1
+    err = capsys.readouterr().err
+    assert "fold1.pt: sha256" in err and f"{written.name}: left by an earlier run; moved to {written.name}.stale" in err
+    assert len(list((tmp_path / "out" / "blobs_masks").iterdir())) == 3 and (tmp_path / "out" / "cla_pre.csv").is_file()

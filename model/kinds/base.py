@@ -67,8 +67,9 @@ class TaskFileKind(ABC):
     def default_output_file(self, name: str, values: str) -> str:
         return default_csv_name(name)
 
-    def output_is_folder(self, values: str) -> bool:
-        return False
+    def output_suffix(self, values: str) -> str:
+        """How the output's file name ends: ".csv", another file type, or "" for a folder (of masks)."""
+        return ".csv"
 
     @abstractmethod
     def output_columns(self, heads, values: str) -> list[str]:

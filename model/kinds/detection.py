@@ -65,6 +65,9 @@ class Detection(Kind):
     def default_output_file(self, name: str, values: str) -> str:
         return f"{name}_pre.json" if values == "coco" else super().default_output_file(name, values)
 
+    def output_suffix(self, values: str) -> str:
+        return ".json" if values == "coco" else super().output_suffix(values)
+
     # --- network -----------------------------------------------------------------------------------------
     def network_spec(self, cfg, n_heads: int) -> dict:
         return {"architecture": cfg.architecture, "outputs": n_heads}

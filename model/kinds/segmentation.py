@@ -82,8 +82,8 @@ class Segmentation(Kind):
     def default_output_file(self, name: str, values: str) -> str:
         return f"{name}_masks" if values == "masks" else super().default_output_file(name, values)
 
-    def output_is_folder(self, values: str) -> bool:
-        return values == "masks"
+    def output_suffix(self, values: str) -> str:
+        return "" if values == "masks" else super().output_suffix(values)
 
     def output_columns(self, heads, values: str) -> list[str]:
         if values == "summary":
