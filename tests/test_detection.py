@@ -156,3 +156,17 @@ def test_run_serves_a_detection_bundle_beside_the_others_and_one_failing_costs_t
     err = capsys.readouterr().err
     assert "fold1.pt: sha256" in err and f"{written.name}: left by an earlier run; moved to {written.name}.stale" in err
     assert len(list((tmp_path / "out" / "blobs_masks").iterdir())) == 3 and (tmp_path / "out" / "cla_pre.csv").is_file()
+
+
+def test_a_task_file_may_rename_the_box_columns_and_they_are_written_and_read_back(tmp_path):
+    from model.outputs.boxes import read_detections, write_detections
+    task = det_task(output={"values": "boxes", "columns": ["label", "confidence", "xmin", "ymin", "xmax", "ymax"]})
+    found = [Detections(np.array([[1.0, 2.0, 30.5, 40.0]]), np.array([0.75]), np.array([1])),
+             Detections(np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64))]
+    write_detections(tmp_path / "p.csv", "boxes", ["1", "2"], "id", task.heads, found, columns=task.output.columns)
+    assert (tmp_path / "p.csv").read_text().splitlines()[:2] == ["id,label,confidence,xmin,ymin,xmax,ymax",
+                                                                  "1,dim,0.75,1,2,30.5,40"]
+    back = read_detections(tmp_path / "p.csv", "boxes", "id", task.heads, task.output.columns)
+    assert np.allclose(back["1"].boxes, found[0].boxes) and len(back["2"].boxes) == 0
+    with pytest.raises(ValueError, match="lacks"):
+        read_detections(tmp_path / "p.csv", "boxes", "id", task.heads)      # the default headers are not there

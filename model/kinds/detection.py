@@ -53,14 +53,8 @@ class Detection(Kind):
 
     # --- task file -------------------------------------------------------------------------------------
     def output_columns(self, heads, values: str) -> list[str]:
-        from ..outputs import boxes as O
-        if values == "boxes":
-            return list(O.BOX_COLUMNS)
-        if values == "prediction-string":
-            return [O.PREDICTION_STRING]
-        if values == "summary":
-            return [f"count_{h}" for h in heads] + ["max_score"]
-        return []
+        from ..outputs.boxes import default_columns
+        return default_columns(values, heads)
 
     def default_output_file(self, name: str, values: str) -> str:
         return f"{name}_pre.json" if values == "coco" else super().default_output_file(name, values)
@@ -222,7 +216,7 @@ class Detection(Kind):
         found = [in_pixels(detections(rows), shape) for rows, shape in zip(kept, prediction.shapes)]
         path = Path(out_dir) / out.file
         write_detections(path, out.values, [image.written_id(id_mode) for image in images], out.header_for(id_mode),
-                         task.heads, found, rule["threshold"])
+                         task.heads, found, rule["threshold"], out.columns)
         return path
 
     def validate_output(self, path: Path, task, images) -> list[str]:
@@ -230,7 +224,7 @@ class Detection(Kind):
         (a COCO file lists only images with boxes)."""
         from ..outputs.boxes import read_detections
         try:
-            found = read_detections(path, task.output.values, task.output.id_header, task.heads)
+            found = read_detections(path, task.output.values, task.output.id_header, task.heads, task.output.columns)
         except ValueError as e:
             return [str(e)]
         if task.output.values == "coco":

@@ -45,27 +45,35 @@ class ImageSummary(NamedTuple):
     max_score: float | None
 
 
-def format_detections(fmt: str, ids, id_header: str, classes, predictions, threshold=0.5) -> str:
+def default_columns(fmt: str, classes) -> list[str]:
+    """A CSV format's headers after the id (a task file's ``output.columns`` may rename them); [] for coco."""
+    return {"boxes": list(BOX_COLUMNS), "prediction-string": [PREDICTION_STRING],
+            "summary": [*(f"count_{c}" for c in classes), "max_score"]}.get(fmt, [])
+
+
+def format_detections(fmt: str, ids, id_header: str, classes, predictions, threshold=0.5, columns=None) -> str:
     """The text of output ``fmt`` for images ``ids`` and their ``predictions``; ``threshold`` (one, or
-    one per class) only matters to ``summary``."""
+    one per class) only matters to ``summary``; ``columns``: the headers after the id (default_columns)."""
     ids, predictions = _checked(ids, classes, predictions)
+    columns = list(columns or default_columns(fmt, classes))
     if fmt == "boxes":
-        return boxes_csv(ids, id_header, classes, predictions)
+        return boxes_csv(ids, id_header, classes, predictions, columns)
     if fmt == "prediction-string":
-        return prediction_string_csv(ids, id_header, predictions)
+        return prediction_string_csv(ids, id_header, predictions, columns)
     if fmt == "coco":
         return coco_json(ids, predictions)
     if fmt == "summary":
-        return summary_csv(ids, id_header, classes, predictions, threshold)
+        return summary_csv(ids, id_header, classes, predictions, threshold, columns)
     raise ValueError(f"detection output {fmt!r}: one of {', '.join(FORMATS)}")
 
 
-def write_detections(path: str | Path, fmt: str, ids, id_header: str, classes, predictions, threshold=0.5) -> None:
+def write_detections(path: str | Path, fmt: str, ids, id_header: str, classes, predictions, threshold=0.5,
+                     columns=None) -> None:
     """``format_detections`` written atomically to ``path``."""
-    write_text(path, format_detections(fmt, ids, id_header, classes, predictions, threshold))
+    write_text(path, format_detections(fmt, ids, id_header, classes, predictions, threshold, columns))
 
 
-def read_detections(path: str | Path, fmt: str, id_header: str, classes) -> dict:
+def read_detections(path: str | Path, fmt: str, id_header: str, classes, columns=None) -> dict:
     """What output ``fmt`` at ``path`` holds, keyed by image id: Detections, or ImageSummary for ``summary``."""
     readers = {"boxes": read_boxes_csv, "prediction-string": read_prediction_string_csv,
                "summary": read_summary_csv}
@@ -73,7 +81,7 @@ def read_detections(path: str | Path, fmt: str, id_header: str, classes) -> dict
         return read_coco_json(path, classes)
     if fmt not in readers:
         raise ValueError(f"detection output {fmt!r}: one of {', '.join(FORMATS)}")
-    return readers[fmt](path, id_header, classes)
+    return readers[fmt](path, id_header, classes, list(columns or default_columns(fmt, classes)))
 
 
 def _checked(ids, classes, predictions) -> tuple[list[str], list[Detections]]:
@@ -103,8 +111,8 @@ def _csv_text(rows) -> str:
     return buffer.getvalue()
 
 
-def boxes_csv(ids, id_header: str, classes, predictions) -> str:
-    rows = [[id_header, *BOX_COLUMNS]]
+def boxes_csv(ids, id_header: str, classes, predictions, columns=BOX_COLUMNS) -> str:
+    rows = [[id_header, *columns]]
     for key, (boxes, scores, labels) in zip(ids, predictions):
         rows += [[key, classes[label], *_box_cells(box, score)] for box, score, label in zip(boxes, scores, labels)]
         if not len(boxes):
@@ -112,8 +120,8 @@ def boxes_csv(ids, id_header: str, classes, predictions) -> str:
     return _csv_text(rows)
 
 
-def prediction_string_csv(ids, id_header: str, predictions) -> str:
-    rows = [[id_header, PREDICTION_STRING]]
+def prediction_string_csv(ids, id_header: str, predictions, columns=(PREDICTION_STRING,)) -> str:
+    rows = [[id_header, *columns]]
     for key, (boxes, scores, labels) in zip(ids, predictions):
         rows.append([key, " ".join(" ".join([str(label), *_box_cells(box, score)])
                                    for box, score, label in zip(boxes, scores, labels))])
@@ -130,9 +138,9 @@ def coco_json(ids, predictions) -> str:
     return "[\n" + ",\n".join(entries) + "\n]\n" if entries else "[]\n"
 
 
-def summary_csv(ids, id_header: str, classes, predictions, threshold=0.5) -> str:
+def summary_csv(ids, id_header: str, classes, predictions, threshold=0.5, columns=None) -> str:
     thresholds = np.broadcast_to(np.asarray(threshold, np.float64), (len(classes),))
-    rows = [[id_header, *(f"count_{c}" for c in classes), "max_score"]]
+    rows = [[id_header, *(columns or default_columns("summary", classes))]]
     for key, (_, scores, labels) in zip(ids, predictions):
         counts = np.bincount(labels[scores >= thresholds[labels]], minlength=len(classes))
         rows.append([key, *map(str, counts), _number(scores.max(), 6) if len(scores) else ""])
@@ -195,17 +203,17 @@ def _rows(lines: _Lines, names: list[str]):
             lines.add(line, f"no {names[0]}")
 
 
-def read_boxes_csv(path, id_header: str, classes) -> dict[str, Detections]:
+def read_boxes_csv(path, id_header: str, classes, columns=BOX_COLUMNS) -> dict[str, Detections]:
     """A ``boxes`` CSV's boxes by id; an id listed only with empty box cells has none. Rows of one id need
     not be together, and an empty row beside an id's boxes adds nothing."""
     lines, index = _Lines(path), {name: k for k, name in enumerate(classes)}
     found: dict[str, list] = {}
-    for line, (key, name, *cells) in _rows(lines, [id_header, *BOX_COLUMNS]):
+    for line, (key, name, *cells) in _rows(lines, [id_header, *columns]):
         items = found.setdefault(key, [])
         if not (name or any(cells)):
             continue
         if not (name and all(cells)):
-            lines.add(line, f"empty {', '.join(c for c, v in zip(BOX_COLUMNS, [name, *cells]) if not v)}: a box needs "
+            lines.add(line, f"empty {', '.join(c for c, v in zip(columns, [name, *cells]) if not v)}: a box needs "
                             "every column, and an image without boxes leaves them all empty")
             continue
         box = _box(lines, line, cells)
@@ -217,10 +225,10 @@ def read_boxes_csv(path, id_header: str, classes) -> dict[str, Detections]:
     return _as_detections(found)
 
 
-def read_prediction_string_csv(path, id_header: str, classes) -> dict[str, Detections]:
+def read_prediction_string_csv(path, id_header: str, classes, columns=(PREDICTION_STRING,)) -> dict[str, Detections]:
     """A ``prediction-string`` CSV's boxes by id (an empty string: no boxes); an id twice is an error."""
     lines, found = _Lines(path), {}
-    for line, (key, text) in _rows(lines, [id_header, PREDICTION_STRING]):
+    for line, (key, text) in _rows(lines, [id_header, *columns]):
         if key in found:
             lines.add(line, f"{id_header} {key!r} again (one row per image)")
             continue
@@ -275,9 +283,9 @@ def read_coco_json(path, classes) -> dict[str, Detections]:
     return _as_detections(found)
 
 
-def read_summary_csv(path, id_header: str, classes) -> dict[str, ImageSummary]:
+def read_summary_csv(path, id_header: str, classes, columns=None) -> dict[str, ImageSummary]:
     """A ``summary`` CSV's rows by id: the counts per class and the highest score (None when empty)."""
-    names = [id_header, *(f"count_{c}" for c in classes), "max_score"]
+    names = [id_header, *(columns or default_columns("summary", classes))]
     lines, found = _Lines(path), {}
     for line, (key, *counts, highest) in _rows(lines, names):
         if key in found:
@@ -321,7 +329,8 @@ def score_box_task(task, pred_dir: Path, gt_dir: Path):
     samples = sorted(result.samples, key=lambda s: s.path.name)
     if not samples:
         return None
-    found = read_detections(pred, task.output.values, task.output.header_for(task.output.id), task.heads)
+    found = read_detections(pred, task.output.values, task.output.header_for(task.output.id), task.heads,
+                            task.output.columns)
     keys = {}
     for i, sample in enumerate(samples):
         keys[sample.path.name] = i
