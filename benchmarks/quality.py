@@ -51,8 +51,9 @@ DATASETS = {  # name -> [(task file, data folder, licence)]
     "bccd": [(PROJECT / "tasks/examples/bccd.yaml", DATA / "bccd", None)],
 }
 # What a dataset trains with on a CPU, where the task's own recipe would take hours; a GPU trains the recipe.
-# BCCD: FCOS on lite0 trains at about 0.43 s per image at 320 px on the 2-core CPU (fp32), so three folds of
-# eight epochs (and the frozen-encoder baseline's one) fit in an hour.
+# BCCD: FCOS on lite0 trains at about 0.43 s per image at 320 px on the 2-core CPU (fp32): three folds of eight
+# epochs and the frozen-encoder baseline's one, about 100 s per epoch alone (81 min measured while the test suite
+# shared the cores).
 CPU_SETTINGS = {"lgg": {"img_size": 160, "epochs": 10}, "bccd": {"img_size": 320, "epochs": 8, "n_folds": 3}}
 SEGMENTATION_SCORES = ("dice", "dice_per_image", "iou", "sensitivity", "specificity")
 RECIPES = {"probe": {"recipe": "probe"}, "default": {}}
