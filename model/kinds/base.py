@@ -262,3 +262,10 @@ def fold_ids(splits, n: int) -> np.ndarray:
     for k, (_, val) in enumerate(splits):
         fold[val] = k
     return fold
+
+
+def check_halvings(img_size: int, network: str) -> None:
+    """ValueError unless ``img_size`` survives the five halvings of ``network`` (a multiple of 32)."""
+    if img_size % 32:
+        raise ValueError(f"img_size={img_size}: {network} halves its input five times; use a multiple of 32 "
+                         f"(say {max(32, round(img_size / 32) * 32)})")

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..boxes import detections, in_pixels, pad, true_boxes
 from ..registry import register
-from .base import Kind
+from .base import Kind, check_halvings
 from .classification import multilabel_fold_ids
 
 FUSION, FUSION_IOU = "wbf", 0.55     # how folds and TTA views are merged (model.boxes.fuse)
@@ -70,9 +70,7 @@ class Detection(Kind):
         from ..detector import DETECTORS
         if cfg.architecture not in DETECTORS:
             raise ValueError(f"architecture={cfg.architecture}: a detection task trains one of {', '.join(DETECTORS)}")
-        if cfg.img_size % 32:
-            raise ValueError(f"img_size={cfg.img_size}: a detector's pyramid halves its input five times; use a "
-                             f"multiple of 32 (say {max(32, round(cfg.img_size / 32) * 32)})")
+        check_halvings(cfg.img_size, "a detector's pyramid")
         if cfg.augment == "device":
             raise ValueError("augment=device: boxes move with their images on the CPU (albumentations); use cpu or auto")
         if cfg.cutmix_p > 0:

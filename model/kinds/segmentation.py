@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import masks as M
 from ..registry import register
-from .base import CHECK_SPLITS, Kind, fold_ids
+from .base import CHECK_SPLITS, Kind, check_halvings, fold_ids
 
 
 class MaskSet:
@@ -101,9 +101,7 @@ class Segmentation(Kind):
                 "value_range": [0, 1]}
 
     def check_config(self, cfg) -> None:
-        if cfg.img_size % 32:
-            raise ValueError(f"img_size={cfg.img_size}: a segmentation network halves its input five times; use a "
-                             f"multiple of 32 (say {max(32, round(cfg.img_size / 32) * 32)})")
+        check_halvings(cfg.img_size, "a segmentation network")
 
     def probabilities(self, logits):
         if logits.shape[1] == 1:
